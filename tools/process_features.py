@@ -1,0 +1,20 @@
+"""Step 3 of tools/process.sh: bottom-up feature TSV -> DATA/processed/features.h5."""
+
+from __future__ import annotations
+
+import argparse
+
+from vqa_cp.errors import run_cli
+from vqa_cp.features import process_features
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--data", default="data", help="raw data directory (outputs go to DATA/processed/)")
+    parser.add_argument("--fp16", action="store_true", help="store features as float16 (half the disk)")
+    args = parser.parse_args()
+    process_features(args.data, args.fp16)
+
+
+if __name__ == "__main__":
+    run_cli(main)

@@ -1,0 +1,263 @@
+"""Bottom-up attention features: TSV decode, TSV -> HDF5, and `FeatureStore` (lazy HDF5 or RAM cache).
+
+TSV row: image_id, image_w, image_h, num_boxes, boxes (base64 float32 [num_boxes, 4]),
+features (base64 float32 [num_boxes, D]); tab separated, no header.
+"""
+
+from __future__ import annotations
+
+import binascii
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import h5py
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from vqa_cp.errors import VQAError
+from vqa_cp.files import atomic_path
+from vqa_cp.processing import is_up_to_date, processed_dir, remove_stale_temps
+
+TSV_FIELDS = ("image_id", "image_w", "image_h", "num_boxes", "boxes", "features")
+TSV_FILE = "trainval_36/trainval_resnet101_faster_rcnn_genome_36.tsv"
+FEATURES_FILE = "features.h5"
+FLOAT32_BYTES = 4
+BOX_COORDS = 4
+WRITE_BLOCK = 64  # images buffered per HDF5 write
+CACHE_BLOCK = 256  # images read per step while caching
+MEMINFO = "/proc/meminfo"
+
+
+@dataclass
+class TSVRow:
+    image_id: int
+    image_w: int
+    image_h: int
+    boxes: np.ndarray  # float32 [K, 4]
+    features: np.ndarray  # float32 [K, D]
+
+
+def decode_row(line: bytes, path: str | os.PathLike = "<tsv>", lineno: int = 0) -> TSVRow:
+    """Decode one TSV line; a wrong field count, number or base64 length is a VQAError naming the line."""
+    where = f"{path}: line {lineno}"
+    fields = line.rstrip(b"\r\n").split(b"\t")
+    if len(fields) != len(TSV_FIELDS):
+        raise VQAError(f"{where}: {len(fields)} tab-separated fields, expected {len(TSV_FIELDS)} "
+                       f"({', '.join(TSV_FIELDS)})")
+    try:
+        image_id, image_w, image_h, num_boxes = (int(x) for x in fields[:4])
+    except ValueError:
+        raise VQAError(f"{where}: image_id, image_w, image_h and num_boxes must be integers") from None
+    where = f"{where} (image_id {image_id})"
+    if num_boxes < 1:
+        raise VQAError(f"{where}: num_boxes is {num_boxes}")
+    try:
+        boxes = binascii.a2b_base64(fields[4])
+        features = binascii.a2b_base64(fields[5])
+    except binascii.Error as exc:
+        raise VQAError(f"{where}: bad base64 ({exc})") from None
+    if len(boxes) != num_boxes * BOX_COORDS * FLOAT32_BYTES:
+        raise VQAError(f"{where}: boxes decode to {len(boxes)} bytes, expected {num_boxes} x "
+                       f"{BOX_COORDS} float32 = {num_boxes * BOX_COORDS * FLOAT32_BYTES}")
+    row_bytes = num_boxes * FLOAT32_BYTES
+    if len(features) == 0 or len(features) % row_bytes:
+        raise VQAError(f"{where}: features decode to {len(features)} bytes, not num_boxes {num_boxes} "
+                       "rows of float32")
+    return TSVRow(image_id, image_w, image_h,
+                  np.frombuffer(boxes, dtype=np.float32).reshape(num_boxes, BOX_COORDS),
+                  np.frombuffer(features, dtype=np.float32).reshape(num_boxes, -1))
+
+
+def iter_tsv(path: str | os.PathLike, progress: bool = True) -> Iterator[tuple[int, TSVRow]]:
+    """Yield (line number, decoded row) for each non-empty line, with a byte progress bar."""
+    path = Path(path)
+    if not path.is_file():
+        raise VQAError(f"feature TSV not found: {path}")
+    with open(path, "rb") as f, tqdm(total=path.stat().st_size, unit="B", unit_scale=True, desc=path.name,
+                                     disable=not progress, leave=False) as bar:
+        for lineno, line in enumerate(f, start=1):
+            bar.update(len(line))
+            if line.strip():
+                yield lineno, decode_row(line, path, lineno)
+
+
+def tsv_to_hdf5(tsv_path: str | os.PathLike, h5_path: str | os.PathLike, fp16: bool = False,
+                progress: bool = True) -> int:
+    """Convert the TSV to one HDF5 file; returns the number of images.
+
+    Datasets: features [N, K, D] (float32, or float16 with fp16) chunked one image per chunk,
+    boxes [N, K, 4] float32, image_w [N], image_h [N], image_id [N] int64, all in file order.
+    Every image must have the same K and D; image ids must be unique. Written to a temporary name,
+    so a bad row leaves no file.
+    """
+    tsv_path = Path(tsv_path)
+    dtype = np.float16 if fp16 else np.float32
+    with atomic_path(h5_path) as tmp, h5py.File(tmp, "w") as h5:
+        first_line: dict[int, int] = {}
+        buffer: list[TSVRow] = []
+        n = 0
+        shape = None
+
+        def flush() -> None:
+            nonlocal n
+            end = n + len(buffer)
+            for name in ("features", "boxes", "image_w", "image_h", "image_id"):
+                h5[name].resize(end, axis=0)
+            h5["features"][n:end] = np.stack([r.features for r in buffer]).astype(dtype, copy=False)
+            h5["boxes"][n:end] = np.stack([r.boxes for r in buffer])
+            h5["image_w"][n:end] = [r.image_w for r in buffer]
+            h5["image_h"][n:end] = [r.image_h for r in buffer]
+            h5["image_id"][n:end] = [r.image_id for r in buffer]
+            n = end
+            buffer.clear()
+
+        for lineno, row in iter_tsv(tsv_path, progress):
+            if row.image_id in first_line:
+                raise VQAError(f"{tsv_path}: line {lineno}: duplicate image_id {row.image_id} "
+                               f"(first on line {first_line[row.image_id]})")
+            first_line[row.image_id] = lineno
+            if shape is None:
+                shape = row.features.shape
+                k, d = shape
+                h5.create_dataset("features", (0, k, d), maxshape=(None, k, d), chunks=(1, k, d), dtype=dtype)
+                h5.create_dataset("boxes", (0, k, BOX_COORDS), maxshape=(None, k, BOX_COORDS),
+                                  chunks=(1, k, BOX_COORDS), dtype=np.float32)
+                for name in ("image_w", "image_h", "image_id"):
+                    h5.create_dataset(name, (0,), maxshape=(None,), chunks=(WRITE_BLOCK * 16,),
+                                      dtype=np.int64)
+            elif row.features.shape != shape:
+                raise VQAError(f"{tsv_path}: line {lineno} (image_id {row.image_id}): features "
+                               f"{row.features.shape[0]} x {row.features.shape[1]}, but earlier images have "
+                               f"{shape[0]} x {shape[1]}")
+            buffer.append(row)
+            if len(buffer) == WRITE_BLOCK:
+                flush()
+        if shape is None:
+            raise VQAError(f"{tsv_path}: no feature rows")
+        if buffer:
+            flush()
+    return n
+
+
+def process_features(data_dir: str | os.PathLike, fp16: bool = False, log=print) -> None:
+    """Step 3: DATA/trainval_36/...tsv -> DATA/processed/features.h5, skipped when up to date."""
+    tsv_path = Path(data_dir) / TSV_FILE
+    h5_path = processed_dir(data_dir) / FEATURES_FILE
+    if not tsv_path.is_file():
+        raise VQAError(f"feature TSV not found: {tsv_path} (run tools/download.sh or `python main.py --toy`)")
+    want = np.dtype(np.float16 if fp16 else np.float32)
+    if is_up_to_date([h5_path], [tsv_path]):
+        with h5py.File(h5_path, "r") as h5:
+            have = h5["features"].dtype
+        if have == want:
+            log(f"skip features: {h5_path} is up to date ({have})")
+            return
+    remove_stale_temps(h5_path)
+    n = tsv_to_hdf5(tsv_path, h5_path, fp16)
+    log(f"wrote {h5_path}: {n} images, {want}")
+
+
+def mem_available(meminfo: str | os.PathLike = MEMINFO) -> int:
+    """MemAvailable of /proc/meminfo in bytes."""
+    try:
+        text = Path(meminfo).read_text()
+    except OSError as exc:
+        raise VQAError(f"cannot read {meminfo} to check free memory ({exc.strerror})") from None
+    for line in text.splitlines():
+        if line.startswith("MemAvailable:"):
+            return int(line.split()[1]) * 1024
+    raise VQAError(f"{meminfo}: no MemAvailable line")
+
+
+class FeatureStore:
+    """image_id -> [K, D] float32 features from features.h5.
+
+    Reads lazily from HDF5, opening the file once per process (DataLoader workers get their own
+    handle), or from an in-memory tensor after `cache()`: one tensor for all datasets sharing this
+    store, which forked DataLoader workers share without copying.
+    """
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise VQAError(f"features not found: {self.path}; run `bash tools/process.sh --data DIR` "
+                           "(or `python main.py --toy`)")
+        try:
+            with h5py.File(self.path, "r") as h5:
+                self.image_ids = h5["image_id"][:]
+                n, self.num_boxes, self.dim = h5["features"].shape
+                self.file_dtype = h5["features"].dtype
+        except (OSError, KeyError) as exc:
+            raise VQAError(f"{self.path}: not a features file ({exc})") from None
+        if len(self.image_ids) != n:
+            raise VQAError(f"{self.path}: {len(self.image_ids)} image ids for {n} feature rows")
+        self._order = np.argsort(self.image_ids, kind="stable")
+        self._sorted_ids = self.image_ids[self._order]
+        self._h5: h5py.File | None = None
+        self._pid: int | None = None
+        self._cache: torch.Tensor | None = None
+
+    def __len__(self) -> int:
+        return len(self.image_ids)
+
+    def rows(self, image_ids: np.ndarray) -> np.ndarray:
+        """Row of each image id in the HDF5 file, -1 where the image has no features."""
+        image_ids = np.asarray(image_ids, dtype=np.int64)
+        pos = np.searchsorted(self._sorted_ids, image_ids).clip(max=len(self._sorted_ids) - 1)
+        found = self._sorted_ids[pos] == image_ids
+        return np.where(found, self._order[pos], -1)
+
+    def _file(self) -> h5py.File:
+        if self._pid != os.getpid():
+            # a handle inherited through fork must not be used: open our own
+            self._h5 = h5py.File(self.path, "r")
+            self._pid = os.getpid()
+        return self._h5
+
+    def features(self, row: int) -> torch.Tensor:
+        """float32 [K, D] features of HDF5 row `row`."""
+        if self._cache is not None:
+            return self._cache[row].to(torch.float32, copy=True)
+        return torch.from_numpy(self._file()["features"][row]).float()
+
+    @property
+    def cached(self) -> torch.dtype | None:
+        return None if self._cache is None else self._cache.dtype
+
+    def cache_bytes(self, dtype: torch.dtype = torch.float16) -> int:
+        return len(self) * self.num_boxes * self.dim * torch.tensor([], dtype=dtype).element_size()
+
+    def cache(self, dtype: torch.dtype = torch.float16, meminfo: str | os.PathLike = MEMINFO,
+              log=print) -> None:
+        """Load every image's features once into one in-memory tensor of `dtype`.
+
+        Prints the RAM needed first and refuses (VQAError) when /proc/meminfo's MemAvailable is less.
+        """
+        if dtype not in (torch.float16, torch.float32):
+            raise VQAError(f"feature cache dtype must be float16 or float32, not {dtype}")
+        if self._cache is not None and self._cache.dtype == dtype:
+            return
+        self._cache = None
+        need = self.cache_bytes(dtype)
+        available = mem_available(meminfo)
+        log(f"caching {len(self)} images x {self.num_boxes} x {self.dim} features as {dtype}: "
+            f"{need / 1e9:.1f} GB of RAM ({available / 1e9:.1f} GB available)")
+        if need > available:
+            raise VQAError(f"feature cache needs {need / 1e9:.1f} GB but only {available / 1e9:.1f} GB is "
+                           f"available ({meminfo} MemAvailable); run without the cache or with float16")
+        cache = torch.empty((len(self), self.num_boxes, self.dim), dtype=dtype)
+        data = self._file()["features"]
+        for start in tqdm(range(0, len(self), CACHE_BLOCK), desc="cache features", unit="block", leave=False):
+            stop = min(start + CACHE_BLOCK, len(self))
+            cache[start:stop] = torch.from_numpy(data[start:stop])
+        self._cache = cache
+
+    def __getstate__(self) -> dict:
+        # a spawned worker receives no open HDF5 handle; it opens its own
+        state = self.__dict__.copy()
+        state["_h5"] = None
+        state["_pid"] = None
+        return state
