@@ -211,6 +211,22 @@ class TrainingData:
 EVAL_NAMES = {"cp": "test", "v2": "val2014"}
 
 
+def split_by_image(image_ids: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Question indices of a validation / training split with no image in both.
+
+    Images are shuffled with `seed` and taken into validation until it holds about `fraction`
+    of the questions; both index lists are sorted.
+    """
+    images, inverse, counts = np.unique(image_ids, return_inverse=True, return_counts=True)
+    order = np.random.default_rng(seed).permutation(len(images))
+    cumulative = np.cumsum(counts[order])
+    n_images = int(np.searchsorted(cumulative, fraction * len(image_ids))) + 1
+    is_val_image = np.zeros(len(images), dtype=bool)
+    is_val_image[order[:n_images]] = True
+    is_val = is_val_image[inverse]
+    return np.flatnonzero(is_val), np.flatnonzero(~is_val)
+
+
 def load_training_data(data_dir: str | os.PathLike, nocp: bool = False, cache_features: bool = False,
                        cache_dtype: str = "float16", val_fraction: float = 0.0, seed: int = 0
                        ) -> TrainingData:
@@ -230,13 +246,12 @@ def load_training_data(data_dir: str | os.PathLike, nocp: bool = False, cache_fe
     train = VQADataset(data_dir, dataset, "train", features=features)
     val = None
     if val_fraction > 0:
-        order = np.random.default_rng(seed).permutation(len(train))
-        n_val = round(val_fraction * len(train))
-        if not 0 < n_val < len(train):
+        val_idx, train_idx = split_by_image(train.image_ids, val_fraction, seed)
+        if len(val_idx) == 0 or len(train_idx) == 0:
             raise VQAError(f"validation fraction {val_fraction} of {len(train)} train questions leaves an "
                            "empty split")
-        val = VQADataset(data_dir, dataset, "train", features=features, indices=np.sort(order[:n_val]))
-        train = VQADataset(data_dir, dataset, "train", features=features, indices=np.sort(order[n_val:]))
+        val = VQADataset(data_dir, dataset, "train", features=features, indices=val_idx)
+        train = VQADataset(data_dir, dataset, "train", features=features, indices=train_idx)
     evaluation = VQADataset(data_dir, dataset, "test", features=features)
     if cache_features:
         features.cache(dtypes[cache_dtype])
