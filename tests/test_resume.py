@@ -1,0 +1,50 @@
+"""--resume after SIGKILL in the middle of an epoch gives the metrics of an uninterrupted run."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from tests.conftest import tiny_args
+from vqa_cp import checkpoints as ckpts
+from vqa_cp.training import main
+
+ROOT = Path(__file__).resolve().parents[1]
+TIMING = ("seconds", "samples_per_s")
+
+
+def _history(output: Path) -> list[dict]:
+    records = [json.loads(line) for line in (output / "metrics.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in r.items() if k not in TIMING} for r in records]
+
+
+def test_sigkill_mid_epoch_then_resume_matches_uninterrupted_run(toy_data, tmp_path):
+    flags = ["--epochs", "3", "--batch_size", "32", "--deterministic", "--checkpoint_every", "3",
+             "--inf_lambda", "1e-4", "--eval_each_epoch"]
+    reference = tmp_path / "reference"
+    main(tiny_args(toy_data, reference, *flags))
+
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen([sys.executable, "main.py", *tiny_args(toy_data, killed, *flags)], cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    target = killed / ckpts.checkpoint_name(1, 6)  # step 6 of the second epoch: mid-epoch
+    deadline = time.time() + 300
+    while not target.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert target.exists(), "the run never reached the mid-epoch checkpoint"
+    assert not (killed / "model.pth").exists(), "the run finished before it was killed"
+
+    main(["--resume", str(killed)])
+    assert _history(killed) == _history(reference)
+    log = (killed / "log.txt").read_text()
+    assert "resumed from" in log
+    for epoch in (1, 2, 3):
+        assert log.count(f"epoch {epoch}, time:") == 1
+    final_a = ckpts.safe_load(reference / "model.pth")["model"]
+    final_b = ckpts.safe_load(killed / "model.pth")["model"]
+    assert all((final_a[k] == final_b[k]).all() for k in final_a)

@@ -1,0 +1,96 @@
+"""The training loop behind main.py, on the toy data (CPU, small sizes)."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.conftest import tiny_args
+from vqa_cp import checkpoints as ckpts
+from vqa_cp.errors import VQAError
+from vqa_cp.training import main, parse_args
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _metrics(output: Path) -> list[dict]:
+    return [json.loads(line) for line in (output / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.parametrize("mode", ["none", "reweight", "bias_product", "learned_mixin"])
+def test_each_mode_trains_and_writes_its_files(toy_data, tmp_path, mode):
+    out = tmp_path / mode
+    results = main(tiny_args(toy_data, out, "--mode", mode, "--epochs", "3", "--lr", "0.005",
+                             "--inf_lambda", "0"))
+    history = _metrics(out)
+    assert [r["epoch"] for r in history] == [1, 2, 3]
+    assert history[-1]["train_loss"] < history[0]["train_loss"]
+    for name in ("log.txt", "metrics.jsonl", "results.json", "model.pth"):
+        assert (out / name).is_file(), name
+    assert len(ckpts.list_checkpoints(out)) == 2
+    log = (out / "log.txt").read_text()
+    assert "epoch 3, time:" in log and "train_loss:" in log and "eval score:" in log
+    test = results["test"]
+    assert 0 <= test["overall"] <= 100
+    assert set(test["perAnswerType"]) == {"yes/no", "number", "other"}
+    assert json.loads((out / "results.json").read_text())["test"] == test
+
+
+def test_regulariser_logs_information_scores(toy_data, tmp_path):
+    out = tmp_path / "reg"
+    main(tiny_args(toy_data, out, "--inf_lambda", "1e-4", "--n_samples", "2"))
+    record = _metrics(out)[0]
+    for key in ("reg_term", "score_q", "score_v"):
+        assert key in record and record[key] == record[key]  # present and not NaN
+    assert record["score_q"] > 0 and record["score_v"] > 0
+    assert "information score q:" in (out / "log.txt").read_text()
+
+
+def test_deterministic_runs_are_identical(toy_data, tmp_path):
+    a = main(tiny_args(toy_data, tmp_path / "a", "--deterministic", "--inf_lambda", "1e-4"))
+    b = main(tiny_args(toy_data, tmp_path / "b", "--deterministic", "--inf_lambda", "1e-4"))
+    strip = [{k: v for k, v in r.items() if k not in ("seconds", "samples_per_s")} for r in a["history"]]
+    assert strip == [{k: v for k, v in r.items() if k not in ("seconds", "samples_per_s")} for r in b["history"]]
+    sa = ckpts.safe_load(tmp_path / "a" / "model.pth")["model"]
+    sb = ckpts.safe_load(tmp_path / "b" / "model.pth")["model"]
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--n_samples", "0"], "--n_samples"),
+    (["--norm", "0"], "--norm"),
+    (["--mode", "magic"], "--mode"),
+    (["--batch_size", "-3"], "--batch_size"),
+])
+def test_contradicting_flags_are_refused_by_argparse(flags, message, capsys):
+    with pytest.raises(SystemExit):
+        parse_args(flags)
+    assert message in capsys.readouterr().err
+
+
+def test_missing_processed_data_says_what_to_run(tmp_path):
+    with pytest.raises(VQAError, match=r"tools/process\.sh.*--toy"):
+        main(["--data", str(tmp_path / "nothing"), "--output", str(tmp_path / "o")])
+
+
+def test_cli_prints_one_line_error_without_traceback(tmp_path):
+    proc = subprocess.run([sys.executable, "main.py", "--data", str(tmp_path / "none"), "--output",
+                           str(tmp_path / "o")], cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode == 2
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: processed data not found")
+
+
+def test_validation_split_selects_on_val_and_reports_test_once(toy_data, tmp_path):
+    out = tmp_path / "val"
+    results = main(tiny_args(toy_data, out, "--epochs", "2", "--val_fraction", "0.2", "--select_on", "val",
+                             "--inf_lambda", "0"))
+    history = _metrics(out)
+    assert all("val" in r and "test" not in r for r in history)
+    best = max(history, key=lambda r: r["val"]["overall"])
+    assert results["selected_epoch"] == best["epoch"]
+    assert "overall" in results["test"]
+    assert "evaluated once" in (out / "log.txt").read_text()

@@ -1,0 +1,275 @@
+"""Checkpoints: save atomically, load safely, resume exactly, and read the reference format.
+
+Our checkpoint is one dict (torchvision style): model, loss_fn, optimizer, epoch, step, args,
+random-number-generator states and digests of the vocabulary and answer list. Every load goes
+through ``torch.load(weights_only=True)``: a checkpoint that holds anything but tensors and plain
+containers is refused before any of it runs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import pickle
+import random
+import re
+import warnings
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from vqa_cp.errors import VQAError
+from vqa_cp.files import atomic_path
+
+CHECKPOINT_VERSION = 1
+CHECKPOINT_PATTERN = re.compile(r"^checkpoint_e(\d+)_s(\d+)\.pth$")
+# Keys of the reference checkpoints that our model does not have.
+DEAD_KEY_PREFIXES = ("bias_lin.", "debias_loss_fn.")
+
+
+def digest(items: list[str]) -> str:
+    """SHA-256 of a word or answer list, to match a checkpoint against processed data."""
+    h = hashlib.sha256()
+    for item in items:
+        h.update(item.encode("utf-8"))
+        h.update(b"\n")
+    return h.hexdigest()
+
+
+def rng_state() -> dict[str, Any]:
+    """Every random-number-generator state a training run draws from, weights_only-loadable."""
+    np_state = np.random.get_state()
+    state: dict[str, Any] = {
+        "python": random.getstate(),
+        "numpy": {"keys": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]),
+                  "has_gauss": int(np_state[3]), "cached_gaussian": float(np_state[4])},
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore what rng_state() captured."""
+    py = state["python"]
+    random.setstate((py[0], tuple(py[1]), py[2]))
+    npst = state["numpy"]
+    np.random.set_state(("MT19937", npst["keys"].numpy().astype(np.uint32), npst["pos"], npst["has_gauss"],
+                         npst["cached_gaussian"]))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_checkpoint(path: str | os.PathLike, checkpoint: dict[str, Any]) -> None:
+    """Write a checkpoint atomically: a crash leaves the previous file or none, never half a file."""
+    with atomic_path(path) as tmp:
+        torch.save(checkpoint, tmp)
+
+
+def safe_load(path: str | os.PathLike) -> Any:
+    """torch.load with weights_only=True; a refused or unreadable file is a VQAError naming it."""
+    path = Path(path)
+    if not path.is_file():
+        raise VQAError(f"checkpoint not found: {path}")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        found = re.search(r"GLOBAL ([\w.]+)", str(exc), flags=re.IGNORECASE)
+        if found is None:
+            raise VQAError(f"{path}: unreadable or truncated checkpoint (not a PyTorch file)") from None
+        what = f"an object of type {found.group(1)}"
+        raise VQAError(
+            f"{path}: refused to load: the file holds {what}, which could run code when unpickled "
+            "(only tensors, numbers, strings and plain containers are accepted)"
+        ) from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise VQAError(f"{path}: unreadable or truncated checkpoint ({first})") from None
+
+
+def list_checkpoints(output_dir: str | os.PathLike) -> list[Path]:
+    """Checkpoint files of a training folder, newest (highest epoch, step) first."""
+    found = []
+    for p in Path(output_dir).glob("checkpoint_e*_s*.pth"):
+        m = CHECKPOINT_PATTERN.match(p.name)
+        if m:
+            found.append(((int(m.group(1)), int(m.group(2))), p))
+    return [p for _, p in sorted(found, reverse=True)]
+
+
+def checkpoint_name(epoch: int, step: int) -> str:
+    """File name of the checkpoint taken after `step` steps of epoch `epoch` (0-based)."""
+    return f"checkpoint_e{epoch:03d}_s{step:07d}.pth"
+
+
+def load_newest_checkpoint(output_dir: str | os.PathLike) -> tuple[Path, dict[str, Any]]:
+    """The newest complete checkpoint of a folder; a truncated newer one is skipped with a warning."""
+    candidates = list_checkpoints(output_dir)
+    if not candidates:
+        raise VQAError(f"--resume {output_dir}: no checkpoint_e*_s*.pth in that folder")
+    for path in candidates:
+        try:
+            ckpt = safe_load(path)
+        except VQAError as exc:
+            warnings.warn(f"skipping {path.name}: {exc}; trying the previous checkpoint", stacklevel=2)
+            continue
+        if not isinstance(ckpt, dict) or ckpt.get("version") != CHECKPOINT_VERSION:
+            warnings.warn(f"skipping {path.name}: not a vqa_cp training checkpoint", stacklevel=2)
+            continue
+        return path, ckpt
+    raise VQAError(f"--resume {output_dir}: every checkpoint there is unreadable or truncated")
+
+
+def prune_checkpoints(output_dir: str | os.PathLike, keep: int = 2) -> None:
+    """Keep the newest `keep` checkpoints (the previous one survives a crash while writing the next)."""
+    for path in list_checkpoints(output_dir)[keep:]:
+        path.unlink()
+
+
+# --------------------------------------------------------------------------------------------
+# Reference (published) checkpoints and word / answer lists
+
+
+class _PlainUnpickler(pickle.Unpickler):
+    """Admits only plain containers, strings and numbers: any class or function is refused."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        raise pickle.UnpicklingError(f"{module}.{name}")
+
+
+def load_plain_pickle(path: str | os.PathLike, what: str) -> Any:
+    """Read a pickle of plain lists / dicts / strings / numbers (the reference pipeline's lists)."""
+    path = Path(path)
+    if not path.is_file():
+        raise VQAError(f"{what} not found: {path}")
+    try:
+        with open(path, "rb") as f:
+            return _PlainUnpickler(io.BytesIO(f.read()), encoding="latin1").load()
+    except pickle.UnpicklingError as exc:
+        raise VQAError(f"{path}: refused: the pickle holds {exc}, not only plain lists, dicts, strings "
+                       "and numbers") from None
+    except (EOFError, ValueError, IndexError) as exc:
+        raise VQAError(f"{path}: unreadable or truncated pickle ({exc})") from None
+
+
+def read_reference_words(path: str | os.PathLike) -> list[str]:
+    """Words of a reference dictionary.pkl ([word2idx, idx2word]) or of our dictionary.json."""
+    if str(path).endswith(".json"):
+        from vqa_cp.files import load_json
+        return list(load_json(path, "dictionary file")["words"])
+    obj = load_plain_pickle(path, "dictionary file")
+    if isinstance(obj, list | tuple) and len(obj) == 2 and isinstance(obj[1], list):
+        words = obj[1]
+    elif isinstance(obj, dict):
+        words = [w for w, _ in sorted(obj.items(), key=lambda kv: kv[1])]
+    else:
+        raise VQAError(f"{path}: expected [word2idx, idx2word] or a word->id dict")
+    if not all(isinstance(w, str) for w in words):
+        raise VQAError(f"{path}: the word list holds non-strings")
+    return list(words)
+
+
+def read_reference_answers(path: str | os.PathLike) -> list[str]:
+    """Answers of a reference trainval_label2ans.pkl (list) / ans2label.pkl (dict) or our answers.json."""
+    if str(path).endswith(".json"):
+        from vqa_cp.files import load_json
+        return list(load_json(path, "answers file")["answers"])
+    obj = load_plain_pickle(path, "answers file")
+    if isinstance(obj, dict):
+        answers = [a for a, _ in sorted(obj.items(), key=lambda kv: kv[1])]
+    elif isinstance(obj, list):
+        answers = obj
+    else:
+        raise VQAError(f"{path}: expected a label->answer list or an answer->label dict")
+    if not all(isinstance(a, str) for a in answers):
+        raise VQAError(f"{path}: the answer list holds non-strings")
+    return list(answers)
+
+
+@dataclass
+class LoadedModel:
+    """A model rebuilt from a checkpoint file, sizes read from the tensors."""
+
+    model: torch.nn.Module
+    source: str  # "vqa_cp" or "reference"
+    checkpoint: dict[str, Any] | None  # our full checkpoint dict, None for a reference state_dict
+
+
+def _strip_reference(state: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """Drop a DataParallel `module.` prefix and the reference's dead keys."""
+    out = {}
+    for key, value in state.items():
+        if key.startswith("module."):
+            key = key[len("module."):]
+        if key.startswith(DEAD_KEY_PREFIXES):
+            continue
+        out[key] = value
+    return out
+
+
+def load_model(path: str | os.PathLike, words: list[str] | None = None, answers: list[str] | None = None,
+               model_name: str | None = None) -> LoadedModel:
+    """Rebuild a model from our checkpoint dict, our model.pth or a reference-format state_dict.
+
+    `words` / `answers` are the processed data's lists; when given they are checked against the
+    checkpoint (digests for ours; vocabulary and answer counts for a reference state_dict).
+    """
+    from vqa_cp.model import build_model_from_state_dict, from_reference_state_dict
+
+    path = Path(path)
+    obj = safe_load(path)
+    if not isinstance(obj, dict):
+        raise VQAError(f"{path}: expected a state_dict or a checkpoint dict, found {type(obj).__name__}")
+    if obj.get("version") == CHECKPOINT_VERSION and "model" in obj:
+        state, source, ckpt = obj["model"], "vqa_cp", obj
+    else:
+        bad = [k for k, v in obj.items() if not isinstance(v, torch.Tensor)]
+        if bad:
+            raise VQAError(f"{path}: not a state_dict: key {bad[0]!r} holds a {type(obj[bad[0]]).__name__}")
+        state, source, ckpt = from_reference_state_dict(_strip_reference(obj)), "reference", None
+    try:
+        model = build_model_from_state_dict(state, name=model_name)
+    except VQAError as exc:
+        raise VQAError(f"{path}: {exc}") from None
+    if ckpt is not None:
+        check_lists(path, ckpt, words, answers)
+    else:
+        check_sizes(path, model, words, answers)
+    return LoadedModel(model=model, source=source, checkpoint=ckpt)
+
+
+def check_lists(path: Path, ckpt: dict[str, Any], words: list[str] | None, answers: list[str] | None) -> None:
+    """Refuse data whose vocabulary or answer list differs from the checkpoint's, saying how."""
+    for name, items, key in (("vocabulary", words, "words"), ("answer list", answers, "answers")):
+        if items is None:
+            continue
+        if digest(items) != ckpt.get(f"{key}_digest"):
+            theirs = ckpt.get(f"num_{key}")
+            raise VQAError(
+                f"{path}: the checkpoint's {name} ({theirs} entries) differs from the processed data's "
+                f"({len(items)} entries); process the same data it was trained on, or pass the lists it was "
+                "trained with: --dictionary FILE --answers FILE"
+            )
+
+
+def check_sizes(path: Path, model: torch.nn.Module, words: list[str] | None, answers: list[str] | None) -> None:
+    """A reference state_dict carries no lists: compare the sizes its tensors imply."""
+    if words is not None and model.ntoken != len(words):
+        raise VQAError(
+            f"{path}: the checkpoint's vocabulary has {model.ntoken} words, the processed dictionary "
+            f"{len(words)} ({model.ntoken - len(words):+d}); pass the reference pipeline's word list with "
+            "--dictionary dictionary.pkl"
+        )
+    if answers is not None and model.num_answers != len(answers):
+        raise VQAError(
+            f"{path}: the checkpoint has {model.num_answers} answers, the answers file {len(answers)} "
+            f"({model.num_answers - len(answers):+d}); pass the reference pipeline's answer list with "
+            "--answers trainval_label2ans.pkl"
+        )
