@@ -238,6 +238,9 @@ def load_model(path: str | os.PathLike, words: list[str] | None = None, answers:
         model = build_model_from_state_dict(state, name=model_name)
     except VQAError as exc:
         raise VQAError(f"{path}: {exc}") from None
+    except RuntimeError as exc:  # tensor shapes that disagree with each other
+        detail = " ".join(line.strip() for line in str(exc).splitlines()[1:3]) or str(exc)
+        raise VQAError(f"{path}: the tensors' shapes disagree with each other: {detail}") from None
     if ckpt is not None:
         check_lists(path, ckpt, words, answers)
     else:

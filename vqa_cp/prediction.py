@@ -17,6 +17,7 @@ from vqa_cp.dataset import VQADataset, load_processed
 from vqa_cp.errors import VQAError
 from vqa_cp.features import FEATURES_FILE, FeatureStore
 from vqa_cp.processing import processed_dir
+from vqa_cp.regularization import RegParameters, information_regularizer
 
 
 def resolve_checkpoint(path: str | os.PathLike) -> Path:
@@ -90,3 +91,30 @@ def predict_answers(loaded: ModelForData, dataset: VQADataset, batch_size: int =
 def results_list(question_ids: np.ndarray, answers: list[str]) -> list[dict]:
     """The official results format: [{"question_id": int, "answer": str}, ...]."""
     return [{"question_id": int(q), "answer": a} for q, a in zip(question_ids.tolist(), answers)]
+
+
+def information_scores(loaded: ModelForData, dataset: VQADataset, params: RegParameters, batch_size: int = 256,
+                       device: str = "cpu", seed: int = 0) -> dict[str, float]:
+    """Mean information score of each modality (question, image) over a split, model in eval mode.
+
+    The same estimate the regulariser trains with (perturb the head's inputs q_emb and v_emb),
+    averaged over batches weighted by their size; a reproducible noise draw for a given seed.
+    """
+    model = loaded.model.to(device).eval()
+    torch.manual_seed(seed)
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
+    totals, count = torch.zeros(2, dtype=torch.float64), 0
+    for v, q, _target, _bias, _qid in tqdm(loader, desc="information scores", dynamic_ncols=True):
+        if loaded.token_map is not None:
+            q = loaded.token_map[q]
+        v, q = v.to(device).float(), q.to(device)
+        with torch.no_grad():
+            q_emb, v_emb = model.trunk(v, q)
+            logits, _ = model.head(q_emb, v_emb)
+        q_emb.requires_grad_(True)
+        v_emb.requires_grad_(True)
+        out = information_regularizer(model.head, [q_emb, v_emb], logits, params)
+        totals += out.scores.detach().double().cpu() * v.shape[0]
+        count += v.shape[0]
+    scores = (totals / count).tolist()
+    return {"question": scores[0], "image": scores[1]}

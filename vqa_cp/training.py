@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import random
 import sys
 import time
@@ -30,7 +29,7 @@ from vqa_cp.errors import VQAError
 from vqa_cp.files import write_json
 from vqa_cp.losses import build_loss
 from vqa_cp.model import build_model
-from vqa_cp.regularization import RegParameters, information_regularizer
+from vqa_cp.regularization import Perturbation, RegParameters, information_regularizer
 
 MODES = ("none", "reweight", "bias_product", "learned_mixin")
 TOY_DEFAULTS = {"epochs": 6, "num_hid": 256, "batch_size": 128, "inf_lambda": 1e-4, "num_workers": 0}
@@ -185,9 +184,8 @@ class Objective(nn.Module):
         loss = task
         if self.reg.lambda_ > 0:
             n = self.reg.n_samples
-            if self.legacy:
-                reps = (n,) + (1,) * (v.dim() - 1)
-                inputs = self.model.trunk(v.repeat(*reps), q.repeat(n, 1))
+            if self.legacy:  # the published code's second trunk pass, on the repeated batch
+                inputs = self.model.trunk(Perturbation.repeat(v, n), Perturbation.repeat(q, n))
             else:
                 inputs = (q_emb, v_emb)
             out = information_regularizer(self.model.head, inputs, logits, self.reg, legacy=self.legacy)
