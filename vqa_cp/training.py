@@ -449,6 +449,7 @@ def _train(args: argparse.Namespace, resume_path: Path | None, resume_ckpt: dict
             if args.checkpoint_every and step % args.checkpoint_every == 0:
                 checkpoint(epoch, step)
             if args.max_steps and global_step >= args.max_steps:
+                checkpoint(epoch, step)
                 return {"stopped_at": {"epoch": epoch, "step": step}}
         totals = dist_utils.all_reduce_sum([sums["loss"], sums["score"], sums["n"]]
                                            + [part_sums[k] for k in sorted(part_sums)])

@@ -1,0 +1,62 @@
+"""torchrun with the gloo backend, 2 CPU processes, on the toy data."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.conftest import tiny_args
+from vqa_cp import checkpoints as ckpts
+from vqa_cp.training import main
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def torchrun(nproc: int, args: list[str], timeout: int = 300) -> subprocess.CompletedProcess:
+    env = dict(os.environ, OMP_NUM_THREADS="1", VQA_CP_COLLECTIVE_TIMEOUT="60")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+           "main.py", *args]
+    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=env)
+
+
+def _params(path: Path) -> dict[str, torch.Tensor]:
+    ckpt = ckpts.safe_load(path)
+    return {**{f"model.{k}": v for k, v in ckpt["model"].items()},
+            **{f"loss.{k}": v for k, v in ckpt["loss_fn"].items()}}
+
+
+def test_two_process_run_writes_the_files_of_a_single_process_run(toy_data, tmp_path):
+    flags = ["--epochs", "2", "--inf_lambda", "1e-4", "--eval_each_epoch", "--device", "cpu"]
+    single, double = tmp_path / "single", tmp_path / "double"
+    main(tiny_args(toy_data, single, *flags))
+    proc = torchrun(2, tiny_args(toy_data, double, *flags))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert sorted(p.name for p in single.iterdir()) == sorted(p.name for p in double.iterdir())
+    records = [json.loads(line) for line in (double / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in records] == [1, 2]
+    assert "overall" in records[-1]["test"]
+    assert (double / "log.txt").read_text().count("epoch 2, time:") == 1  # rank 0 alone writes
+
+
+@pytest.mark.parametrize("reg", [[], ["--inf_lambda", "1e-4"]], ids=["plain", "regulariser"])
+def test_two_ranks_half_batch_equal_one_rank_full_batch(toy_data, tmp_path, reg):
+    flags = ["--batch_size", "32", "--no_dropout", "--max_steps", "4", "--device", "cpu", *reg]
+    main(tiny_args(toy_data, tmp_path / "one", *flags, "--checkpoint_every", "1"))
+    proc = torchrun(2, tiny_args(toy_data, tmp_path / "two", *flags))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    one, two = (_params(tmp_path / run / ckpts.checkpoint_name(0, 4)) for run in ("one", "two"))
+    assert one.keys() == two.keys()
+    for key in one:
+        torch.testing.assert_close(two[key], one[key], rtol=1e-4, atol=1e-5, msg=key)
+    before = _params(tmp_path / "one" / ckpts.checkpoint_name(0, 3))
+    assert any(not torch.equal(before[k], one[k]) for k in one), "the fourth step changed nothing"
+
+
+def test_batch_not_divisible_by_world_size_is_a_clear_error(toy_data, tmp_path):
+    proc = torchrun(2, tiny_args(toy_data, tmp_path / "odd", "--batch_size", "33", "--device", "cpu"))
+    assert proc.returncode != 0
+    assert "--batch_size 33 is not divisible by the world size 2" in proc.stderr
