@@ -94,3 +94,11 @@ def test_validation_split_selects_on_val_and_reports_test_once(toy_data, tmp_pat
     assert results["selected_epoch"] == best["epoch"]
     assert "overall" in results["test"]
     assert "evaluated once" in (out / "log.txt").read_text()
+
+
+def test_features_on_device_gather_gives_the_same_run(toy_data, tmp_path):
+    flags = ["--deterministic", "--cache_features", "--cache_dtype", "float32", "--inf_lambda", "0"]
+    a = main(tiny_args(toy_data, tmp_path / "copy", *flags))
+    b = main(tiny_args(toy_data, tmp_path / "gather", *flags, "--features_on_gpu"))
+    assert a["test"] == b["test"]
+    assert a["history"][0]["train_loss"] == b["history"][0]["train_loss"]

@@ -199,6 +199,7 @@ class FeatureStore:
         self._h5: h5py.File | None = None
         self._pid: int | None = None
         self._cache: torch.Tensor | None = None
+        self._device_cache: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return len(self.image_ids)
@@ -218,7 +219,9 @@ class FeatureStore:
         return self._h5
 
     def features(self, row: int) -> torch.Tensor:
-        """float32 [K, D] features of HDF5 row `row`."""
+        """float32 [K, D] features of HDF5 row `row` (its row index alone once `keep_on_device` ran)."""
+        if self._device_cache is not None:
+            return torch.tensor(row, dtype=torch.int64)
         if self._cache is not None:
             return self._cache[row].to(torch.float32, copy=True)
         return torch.from_numpy(self._file()["features"][row]).float()
@@ -254,6 +257,29 @@ class FeatureStore:
             stop = min(start + CACHE_BLOCK, len(self))
             cache[start:stop] = torch.from_numpy(data[start:stop])
         self._cache = cache
+
+    @property
+    def on_device(self) -> bool:
+        """True once `keep_on_device` ran: items then carry row indices, `gather` gives the features."""
+        return self._device_cache is not None
+
+    def keep_on_device(self, device: torch.device, log=print) -> None:
+        """Move the cached tensor to `device` (GPU memory) and gather batches there: no per-step copy."""
+        if self._cache is None:
+            raise VQAError("keeping features on the device needs the in-memory cache (--cache_features)")
+        need = self._cache.numel() * self._cache.element_size()
+        if device.type == "cuda":
+            free, _total = torch.cuda.mem_get_info(device)
+            log(f"features on {device}: {need / 1e9:.1f} GB of GPU memory ({free / 1e9:.1f} GB free)")
+            if need > free:
+                raise VQAError(f"--features_on_gpu needs {need / 1e9:.1f} GB of GPU memory but {free / 1e9:.1f} GB "
+                               "is free; use float16 (--cache_dtype float16) or drop --features_on_gpu")
+        self._device_cache = self._cache.to(device)
+        self._cache = None
+
+    def gather(self, rows: torch.Tensor) -> torch.Tensor:
+        """float32 [B, K, D] features of a batch of row indices, gathered where the features live."""
+        return self._device_cache[rows.to(self._device_cache.device, non_blocking=True)].float()
 
     def __getstate__(self) -> dict:
         # a spawned worker receives no open HDF5 handle; it opens its own

@@ -125,7 +125,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint_every", type=int, default=0, help="also checkpoint every N steps (0 = per epoch)")
     p.add_argument("--max_steps", type=int, default=0, help=argparse.SUPPRESS)  # tests: stop early
     p.add_argument("--features_on_gpu", action="store_true",
-                   help="with --cache_features on CUDA: keep the feature tensor in GPU memory")
+                   help="with --cache_features: keep the feature tensor on the training device (GPU memory) "
+                   "and gather batches there, no host-to-device copy per step")
     return p
 
 
@@ -211,6 +212,15 @@ def soft_scores(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return target.gather(1, logits.argmax(1, keepdim=True)).squeeze(1)
 
 
+def batch_features(dataset, v: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """The batch's float32 features on `device`: gathered on the device when the store keeps them
+    there (--features_on_gpu: the loader then yields row indices), else copied over non-blocking."""
+    store = dataset.features
+    if store.on_device:
+        return store.gather(v)
+    return v.to(device, non_blocking=True).float()
+
+
 @torch.no_grad()
 def predict(model: nn.Module, loader: DataLoader, device: torch.device, amp: bool, desc: str
             ) -> tuple[np.ndarray, np.ndarray, float, float]:
@@ -219,9 +229,10 @@ def predict(model: nn.Module, loader: DataLoader, device: torch.device, amp: boo
     qids, labels, score, bound = [], [], 0.0, 0.0
     for v, q, target, _bias, qid in tqdm(loader, desc=desc, leave=False, dynamic_ncols=True,
                                          disable=not dist_utils.is_main()):
-        v, q, target = v.to(device, non_blocking=True), q.to(device, non_blocking=True), target.to(device)
+        v = batch_features(loader.dataset.dataset, v, device)
+        q, target = q.to(device, non_blocking=True), target.to(device)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-            logits, _ = model(v.float(), q)
+            logits, _ = model(v, q)
         score += soft_scores(logits.float(), target).sum().item()
         bound += target.max(1).values.sum().item()
         labels.append(logits.argmax(1).cpu().numpy())
@@ -337,6 +348,8 @@ def _train(args: argparse.Namespace, resume_path: Path | None, resume_ckpt: dict
     seed_everything(args.seed)
     data = load_training_data(args.data, nocp=args.nocp, cache_features=args.cache_features,
                               cache_dtype=args.cache_dtype, val_fraction=args.val_fraction, seed=args.seed)
+    if args.features_on_gpu:
+        data.features.keep_on_device(device)
     model = build_model(args.model, ntoken=data.ntoken, num_hid=args.num_hid, v_dim=data.v_dim,
                         num_answers=data.num_answers, emb_dim=data.glove.shape[1])
     model.init_embedding(data.glove)
@@ -419,7 +432,7 @@ def _train(args: argparse.Namespace, resume_path: Path | None, resume_ckpt: dict
                    disable=not dist_utils.is_main(), initial=first, total=first + len(loader))
         step = first
         for v, q, target, bias, _qid in bar:
-            v = v.to(device, non_blocking=True).float()
+            v = batch_features(data.train, v, device)
             q, target, bias = (t.to(device, non_blocking=True) for t in (q, target, bias))
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
                 loss, logits, parts = train_model(v, q, target, bias)
