@@ -1,0 +1,176 @@
+"""Benchmark one training step: BUTD + debiasing loss (+ functional-entropy regulariser), Adamax, clip 0.25.
+
+Part 1 (batch 128 on CPU, 512 on CUDA): learned-mixin +H plain vs + regulariser reusing the trunk
+(perturb q_emb, v_emb; head only) vs + regulariser the published way (second trunk pass, legacy).
+Part 2 (batch 64 on CPU): every debiasing mode with and without the regulariser.
+Steps run round-robin across the variants so that load from other processes hits them alike;
+medians are reported. Synthetic data at real sizes (36 boxes x 2048, 2,000 answers, 14 tokens).
+
+    python -m bench.bench_step [--quick] [--batch N] [--device cpu|cuda] [--part 1|2|all]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+from torch.nn.utils import parametrize
+from tqdm import tqdm
+
+from vqa_cp.errors import VQAError, run_cli
+from vqa_cp.losses import LOSS_MODES, build_loss
+from vqa_cp.model import BUTD, build_model
+from vqa_cp.regularization import Perturbation, RegParameters, information_regularizer
+
+Batch = tuple[Tensor, Tensor, Tensor, Tensor]
+
+
+def train_step(model: BUTD, loss_fn: nn.Module, optimizer: torch.optim.Optimizer, batch: Batch,
+               reg: RegParameters | None, legacy: bool = False, clip: float = 0.25,
+               cache_weights: bool = True) -> Tensor:
+    """One step: trunk, head, debiasing loss (+ lambda * regulariser), backward, clip, Adamax step.
+
+    cache_weights: compute each weight-normalised matrix w = g v / ||v|| once per step
+    (parametrize.cached), not once per head call -- the regulariser calls the head twice.
+    """
+    with parametrize.cached() if cache_weights else contextlib.nullcontext():
+        loss = _loss_and_backward(model, loss_fn, optimizer, batch, reg, legacy)
+    nn.utils.clip_grad_norm_([p for group in optimizer.param_groups for p in group["params"]], clip)
+    optimizer.step()
+    return loss
+
+
+def _loss_and_backward(model: BUTD, loss_fn: nn.Module, optimizer: torch.optim.Optimizer, batch: Batch,
+                       reg: RegParameters | None, legacy: bool) -> Tensor:
+    v, q, target, bias = batch
+    q_emb, v_emb = model.trunk(v, q)
+    logits, joint = model.head(q_emb, v_emb)
+    loss = loss_fn(joint, logits, bias, target)
+    if reg is not None:
+        if legacy:
+            n = reg.n_samples
+            inputs = model.trunk(Perturbation.repeat(v, n), Perturbation.repeat(q, n))
+        else:
+            inputs = (q_emb, v_emb)
+        out = information_regularizer(model.head, inputs, logits, reg, legacy=legacy)
+        loss = loss + reg.lambda_ * out.term
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    return loss.detach()
+
+
+@dataclass
+class Variant:
+    name: str
+    mode: str
+    reg: bool
+    legacy: bool = False
+
+
+def synthetic_batch(batch: int, boxes: int, v_dim: int, ntoken: int, answers: int, device: torch.device,
+                    seed: int = 0) -> Batch:
+    g = torch.Generator().manual_seed(seed)
+    v = torch.rand(batch, boxes, v_dim, generator=g)
+    q = torch.randint(0, ntoken, (batch, 14), generator=g)
+    target = (torch.rand(batch, answers, generator=g) > 0.998).float() * 0.9
+    bias = torch.softmax(4 * torch.randn(batch, answers, generator=g), dim=1)
+    return tuple(t.to(device) for t in (v, q, target, bias))  # type: ignore[return-value]
+
+
+def make_runner(variant: Variant, batch: Batch, args: argparse.Namespace, device: torch.device
+                ) -> Callable[[], Tensor]:
+    torch.manual_seed(0)
+    model = build_model("baseline0_newatt", ntoken=args.ntoken, num_hid=args.num_hid, v_dim=args.v_dim,
+                        num_answers=args.answers).to(device)
+    loss_fn = build_loss(variant.mode, num_hid=args.num_hid).to(device)
+    optimizer = torch.optim.Adamax([*model.parameters(), *loss_fn.parameters()], lr=2e-3)
+    reg = RegParameters(lambda_=1e-10, n_samples=args.n_samples) if variant.reg else None
+    return lambda: train_step(model, loss_fn, optimizer, batch, reg, variant.legacy,
+                              cache_weights=not args.no_weight_cache)
+
+
+def measure(variants: list[Variant], batch_size: int, args: argparse.Namespace, device: torch.device
+            ) -> dict[str, list[float]]:
+    """Seconds per step for each variant (warm-up steps dropped), steps interleaved round-robin."""
+    batch = synthetic_batch(batch_size, args.boxes, args.v_dim, args.ntoken, args.answers, device)
+    runners = {v.name: make_runner(v, batch, args, device) for v in variants}
+    times: dict[str, list[float]] = {v.name: [] for v in variants}
+    for step in tqdm(range(args.warmup + args.steps), desc=f"batch {batch_size}", unit="round"):
+        for name, run in runners.items():
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            start = time.perf_counter()
+            loss = run()
+            if not torch.isfinite(loss):
+                raise VQAError(f"{name}: non-finite loss at step {step}")
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            if step >= args.warmup:
+                times[name].append(time.perf_counter() - start)
+    return times
+
+
+def report(title: str, times: dict[str, list[float]], batch_size: int, baseline: dict[str, str]) -> None:
+    print(f"\n{title}")
+    print(f"{'variant':<34} {'median s/step':>13} {'min':>8} {'samples/s':>10} {'ratio':>7}")
+    for name, ts in times.items():
+        med = statistics.median(ts)
+        base = statistics.median(times[baseline[name]])
+        print(f"{name:<34} {med:>13.3f} {min(ts):>8.3f} {batch_size / med:>10.1f} {med / base:>7.2f}x")
+
+
+def parse_args() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    p.add_argument("--batch", type=int, default=None, help="part 1 batch (default 128 on CPU, 512 on CUDA)")
+    p.add_argument("--batch2", type=int, default=64, help="part 2 batch (all modes)")
+    p.add_argument("--part", default="all", choices=("1", "2", "all"))
+    p.add_argument("--quick", action="store_true", help="fewer steps")
+    p.add_argument("--steps", type=int, default=None, help="measured steps per variant (default 7, quick 3)")
+    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--no_weight_cache", action="store_true", help="recompute weight norm at every call")
+    p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    p.add_argument("--num_hid", type=int, default=1024)
+    p.add_argument("--v_dim", type=int, default=2048)
+    p.add_argument("--boxes", type=int, default=36)
+    p.add_argument("--answers", type=int, default=2000)
+    p.add_argument("--ntoken", type=int, default=20000)
+    p.add_argument("--n_samples", type=int, default=3)
+    args = p.parse_args()
+    args.steps = args.steps or (3 if args.quick else 7)
+    return args
+
+
+def main() -> None:
+    args = parse_args()
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise VQAError("--device cuda: no CUDA device is available")
+    torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    batch1 = args.batch or (512 if device.type == "cuda" else 128)
+    print(f"device {device}, threads {torch.get_num_threads()}, torch {torch.__version__}, "
+          f"{args.steps} measured steps (+{args.warmup} warm-up), n_samples {args.n_samples}, "
+          f"weight-norm cache {'off' if args.no_weight_cache else 'on'}")
+    if args.part in ("1", "all"):
+        variants = [Variant("lmh+H plain", "learned_mixin", False),
+                    Variant("lmh+H + reg (reuse trunk)", "learned_mixin", True),
+                    Variant("lmh+H + reg (published, 2nd trunk)", "learned_mixin", True, legacy=True)]
+        times = measure(variants, batch1, args, device)
+        report(f"Part 1: one training step, batch {batch1} (ratio to the plain step)", times, batch1,
+               {v.name: variants[0].name for v in variants})
+    if args.part in ("2", "all"):
+        variants = [Variant(f"{mode}{' + reg' if reg else ''}", mode, reg) for mode in LOSS_MODES
+                    for reg in (False, True)]
+        times = measure(variants, args.batch2, args, device)
+        report(f"Part 2: every mode, batch {args.batch2} (ratio to the same mode without the regulariser)",
+               times, args.batch2, {v.name: v.mode for v in variants})
+
+
+if __name__ == "__main__":
+    run_cli(main)

@@ -1,0 +1,319 @@
+"""Functional-entropy regulariser of Gat, Schwartz, Schwing and Hazan, "Removing Bias in Multi-modal
+Classifiers: Regularization by Maximizing Functional Entropies" (NeurIPS 2020), with the seed's API.
+
+For each modality m the model's output is probed with Gaussian perturbations of that modality's input
+x_m. The information a modality carries is the functional entropy Ent(f) = E[f log f] - E[f] log E[f] of a
+positive influence loss f, bounded by the log-Sobolev inequality for Gaussian measures,
+
+    Ent(f) <= (sigma^2 / 2) E[ ||grad_x f||^2 / f ],
+
+so the "gradient" information score is s_m = mean_rows ||d L_inf / d x_m||_2^2 / L_inf ('ent'; 'var'
+drops the division, the Poincare bound). The regulariser 'max_ent' = || 1 / s ||_p pushes every
+modality's score up, so the classifier cannot ignore one of them.
+
+Layout: perturbed batches hold n_samples copies of each sample, sample-major: row b * n + j is copy j
+of sample b (the authors' library layout; `Perturbation.repeat` makes it). A trainer that runs a
+second trunk pass for `legacy=True` must repeat its batch with `Perturbation.repeat`.
+
+Finiteness: scores can be ~0 (a modality the model ignores; toy runs start near 1e-11, the published
+code reported train_loss: inf from 1/score overflow). 'max_ent' floors each score at
+`RegParameters.score_floor` (default 1e-15: 1/floor^2 = 1e30 keeps the gradient finite in float32) and
+takes the p-norm of 1/s in float64, scaled by its largest entry; how many scores the floor lifted is
+returned. An ignored modality therefore costs a large (~1e15) but finite term.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from vqa_cp.errors import VQAError
+
+ESTIMATIONS = ("ent", "var", "dif_ent")
+OPTIM_METHODS = ("max_ent", "min_ent", "max_ent_minus")
+SCORE_FLOOR = 1e-15
+
+
+@dataclass
+class RegParameters:
+    """The regulariser's settings (the seed's arguments, plus noise_dim and score_floor).
+
+    lambda_ (alias `delta`): strength, loss += lambda_ * term; norm: p of the p-norm; estimation: 'ent'
+    (functional entropy), 'var' (variance) or 'dif_ent' (differential entropy -E[f log f], gradient-free
+    only); optim_method: 'max_ent' | 'min_ent' | 'max_ent_minus'; n_samples: perturbations per sample;
+    grad: use the log-Sobolev gradient bound (True) or the gradient-free estimate (False);
+    noise_dim: noise std over the repeated batch per feature (0, the library's default) or over each
+    row's features (1, the published VQA-CP folder's copy); score_floor: see the module docstring.
+    """
+
+    lambda_: float = 1e-10
+    norm: float = 2.0
+    estimation: str = "ent"
+    optim_method: str = "max_ent"
+    n_samples: int = 3
+    grad: bool = True
+    noise_dim: int = 0
+    score_floor: float = SCORE_FLOOR
+
+    def __post_init__(self) -> None:
+        if self.estimation not in ESTIMATIONS:
+            raise VQAError(f"unknown estimation {self.estimation!r}; choose one of {', '.join(ESTIMATIONS)}")
+        if self.optim_method not in OPTIM_METHODS:
+            raise VQAError(f"unknown optim_method {self.optim_method!r}; "
+                           f"choose one of {', '.join(OPTIM_METHODS)}")
+        if self.estimation == "dif_ent" and self.grad:
+            raise VQAError("estimation 'dif_ent' has no gradient bound: use it with grad=False")
+        if self.n_samples < 1 or (not self.grad and self.n_samples < 2):
+            raise VQAError(f"n_samples must be >= 1 (>= 2 without the gradient bound), got {self.n_samples}")
+        if self.norm <= 0:
+            raise VQAError(f"norm must be > 0, got {self.norm}")
+        if self.noise_dim not in (0, 1):
+            raise VQAError(f"noise_dim must be 0 (over the batch) or 1 (per sample), got {self.noise_dim}")
+        if not self.score_floor > 0:
+            raise VQAError(f"score_floor must be > 0, got {self.score_floor}")
+
+    @property
+    def delta(self) -> float:
+        """The strength under the seed snippet's name; the same value as `lambda_`."""
+        return self.lambda_
+
+    @delta.setter
+    def delta(self, value: float) -> None:
+        self.lambda_ = value
+
+
+class Perturbation:
+    """Repeating and perturbing tensors (batch first), and the clean targets of the influence loss."""
+
+    @staticmethod
+    def repeat(tensor: Tensor, n_samples: int) -> Tensor:
+        """n_samples copies of each row, sample-major: row b * n + j = tensor[b]."""
+        return tensor.repeat_interleave(n_samples, dim=0)
+
+    @staticmethod
+    def _noise_std(tensor: Tensor, n_samples: int, dim: int) -> Tensor:
+        """Detached std of `n_samples` copies of `tensor`, shaped to broadcast over [B, n, ...].
+
+        dim 0: per feature over the B * n rows, sqrt(n sum_b (x_b - mean)^2 / (n B - 1)); dim 1: per row over
+        its features (copies share it).
+        """
+        x = tensor.detach()
+        rows = x.shape[0]
+        flat = x.reshape(rows, -1)
+        if dim == 0:
+            if rows * n_samples < 2:
+                raise VQAError("perturbation noise: the std over the batch needs at least 2 rows")
+            var = flat.var(dim=0, correction=0) * (rows * n_samples / (rows * n_samples - 1))
+            return var.sqrt().reshape(1, 1, *x.shape[1:])
+        if dim == 1:
+            if flat.shape[1] < 2:
+                raise VQAError("perturbation noise: the per-sample std needs at least 2 features")
+            return flat.std(dim=1).reshape(rows, 1, *([1] * (x.dim() - 1)))
+        raise VQAError(f"perturbation noise: dim must be 0 or 1, got {dim}")
+
+    @classmethod
+    def perturb_tensor(cls, tensor: Tensor, n_samples: int, perturbation: bool = True, dim: int = 0,
+                       noise: Tensor | None = None) -> Tensor:
+        """Repeat n_samples times (sample-major) and add eps * std, eps ~ N(0, 1), std detached (see dim).
+
+        `noise` injects eps (shape [B * n, ...]) for reproducible runs. The result always requires grad:
+        it stays attached to `tensor`'s graph when there is one, otherwise it is a fresh leaf, so that
+        torch.autograd.grad can be taken with respect to it. Token ids (Long) cannot be perturbed: perturb
+        the embedding output instead, e.g. for BUTD `Perturbation.perturb_tensor(model.w_emb(q), n)`, or
+        capture it with a forward hook on the first embedding layer.
+        """
+        if not tensor.is_floating_point():
+            raise VQAError(f"cannot perturb a {tensor.dtype} tensor: perturb the embedding output instead")
+        rows = tensor.shape[0]
+        if not perturbation:
+            out = cls.repeat(tensor, n_samples)
+        else:
+            if noise is None:
+                noise = torch.randn((rows * n_samples, *tensor.shape[1:]), dtype=tensor.dtype,
+                                    device=tensor.device)
+            elif noise.shape != (rows * n_samples, *tensor.shape[1:]):
+                raise VQAError(f"perturbation noise has shape {tuple(noise.shape)}, expected "
+                               f"{(rows * n_samples, *tensor.shape[1:])}")
+            eps = noise.reshape(rows, n_samples, *tensor.shape[1:])
+            std = cls._noise_std(tensor, n_samples, dim)
+            out = (tensor.unsqueeze(1) + eps * std).reshape(rows * n_samples, *tensor.shape[1:])
+        return out if out.requires_grad else out.requires_grad_()
+
+    @classmethod
+    def add_noise(cls, tensor: Tensor, dim: int = 0, noise: Tensor | None = None) -> Tensor:
+        """Perturb rows that are already repeated (e.g. a second trunk pass): tensor + eps * std(tensor)."""
+        return cls.perturb_tensor(tensor, 1, dim=dim, noise=noise)
+
+    @staticmethod
+    def get_expanded_logits(logits: Tensor, n_samples: int, logits_flg: bool = True) -> Tensor:
+        """softmax(logits) over answers (skipped when logits_flg is False), repeated n_samples times."""
+        probs = torch.softmax(logits, dim=1) if logits_flg else logits
+        return Perturbation.repeat(probs, n_samples)
+
+
+class Regularization:
+    """Information scores of each modality and the regularisation term built from them."""
+
+    @staticmethod
+    def get_batch_norm(grad: Tensor, loss: Tensor | None = None, estimation: str = "ent") -> Tensor:
+        """Gradient information score: mean_rows ||grad_row||_2^2 / loss ('ent'); 'var' drops the division.
+
+        The norm runs over all non-batch dims. `loss` is the scalar influence loss, or one value per row.
+        """
+        sq_norm = grad.reshape(grad.shape[0], -1).square().sum(dim=1)
+        if estimation == "ent":
+            if loss is None:
+                raise VQAError("estimation 'ent' divides by the influence loss: pass loss=")
+            return (sq_norm / loss).mean()
+        if estimation == "var":
+            return sq_norm.mean()
+        raise VQAError(f"estimation {estimation!r} has no gradient score; use 'ent' or 'var'")
+
+    @staticmethod
+    def get_batch_statistics(loss: Tensor, n_samples: int, estimation: str = "ent") -> Tensor:
+        """Gradient-free score from per-row positive losses f [B * n] (sample-major), mean over the batch of
+
+        'ent': E[f log f] - E[f] log E[f];  'var': unbiased variance;  'dif_ent': -E[f log f]
+        (expectations over each sample's n_samples perturbations). The authors' library L1-normalises
+        each sample's losses for 'ent' and sums -f log f over the batch for 'dif_ent'; we keep the plain
+        definitions (Ent is 1-homogeneous, Ent(c f) = c Ent(f), so only the scale differs).
+        """
+        f = loss.reshape(-1, n_samples)
+        if estimation == "ent":
+            mean = f.mean(dim=1)
+            stat = torch.xlogy(f, f).mean(dim=1) - torch.xlogy(mean, mean)
+        elif estimation == "var":
+            stat = f.var(dim=1)
+        elif estimation == "dif_ent":
+            stat = -torch.xlogy(f, f).mean(dim=1)
+        else:
+            raise VQAError(f"unknown estimation {estimation!r}; choose one of {', '.join(ESTIMATIONS)}")
+        return stat.mean()
+
+    @staticmethod
+    def count_floored(inf_scores: Tensor, floor: float = SCORE_FLOOR) -> Tensor:
+        """How many scores lie below the floor (0-d int64 tensor; no host sync)."""
+        return (inf_scores.detach() < floor).sum()
+
+    @staticmethod
+    def get_regularization_term(inf_scores: Tensor, norm: float = 2.0, optim_method: str = "max_ent",
+                                floor: float = SCORE_FLOOR) -> Tensor:
+        """'max_ent': || 1 / max(s, floor) ||_p;  'min_ent': || s ||_p;  'max_ent_minus': -|| s ||_p + 0.1.
+
+        Computed in float64 (1/s scaled by its largest entry inside the norm) and returned in the
+        scores' dtype, so the term is finite whenever the scores are.
+        """
+        s = inf_scores.double()
+        if optim_method == "max_ent":
+            inv = 1.0 / s.clamp(min=floor)
+            scale = inv.detach().max()
+            term = scale * torch.linalg.vector_norm(inv / scale, ord=norm)
+        elif optim_method == "min_ent":
+            term = torch.linalg.vector_norm(s, ord=norm)
+        elif optim_method == "max_ent_minus":
+            term = -torch.linalg.vector_norm(s, ord=norm) + 0.1
+        else:
+            raise VQAError(f"unknown optim_method {optim_method!r}; choose one of {', '.join(OPTIM_METHODS)}")
+        return term.to(inf_scores.dtype)
+
+
+@dataclass
+class RegOutput:
+    """term: the regulariser (multiply by lambda_ yourself); scores [n_modalities] float32;
+    floored: 0-d int64 count of scores the floor lifted (always 0 unless optim_method is 'max_ent')."""
+
+    term: Tensor
+    scores: Tensor
+    floored: Tensor
+
+
+def _wide(x: Tensor) -> Tensor:
+    """x in float32, or wider if it already is (float64 stays float64 for gradcheck)."""
+    return x.to(torch.promote_types(x.dtype, torch.float32))
+
+
+def _first(output: Tensor | Sequence[Tensor]) -> Tensor:
+    return output if isinstance(output, Tensor) else output[0]
+
+
+def _influence_loss(perturbed_logits: Tensor, expanded: Tensor, legacy: bool, reduction: str) -> Tensor:
+    """BCE-with-logits(perturbed logits, clean softmax) -- legacy: the published code's reversed order."""
+    if legacy:
+        return F.binary_cross_entropy_with_logits(expanded, perturbed_logits, reduction=reduction)
+    return F.binary_cross_entropy_with_logits(perturbed_logits, expanded, reduction=reduction)
+
+
+def information_regularizer(head: Callable[..., Tensor | Sequence[Tensor]], inputs: Sequence[Tensor],
+                            logits: Tensor, params: RegParameters, *, legacy: bool = False,
+                            noise: Sequence[Tensor] | None = None) -> RegOutput:
+    """The seed snippet for a model split into a trunk and `head`: loss += params.lambda_ * out.term.
+
+    inputs: the head's inputs from the clean pass (e.g. BUTD's q_emb, v_emb), one per modality, [B, ...];
+    with `legacy=True` they are [n * B, ...] from a second trunk pass on `Perturbation.repeat`-ed
+    batches (the published VQA-CP wiring, which also reverses the influence-loss arguments).
+    logits: the clean logits [B, A]; their softmax, repeated, is the influence loss's target (not
+    detached, as in the seed). head(*perturbed) returns logits or a tuple starting with them.
+    grad=True: s_m = get_batch_norm(d L_inf / d x~_m) with all modalities perturbed at once; the
+    double backward stays inside the head. grad=False: one head pass per modality (the others repeated
+    clean) and s_m = get_batch_statistics of the per-row influence losses (mean over answers).
+    noise: optional standard-normal draws, one per modality, shaped like the perturbed tensors.
+
+    Scores and term are computed in float32 with autocast off, even when the head runs under bf16
+    autocast (the softmax target, the influence loss and the gradients are float32).
+
+    Token inputs: Long ids cannot be perturbed; perturb the word-embedding output instead, e.g. BUTD
+    from its embeddings on (the seed's advice; a forward hook on the embedding layer does the same):
+    >>> def from_words(w, v):
+    ...     q_emb = model.q_emb(w)
+    ...     return model.head(q_emb, (model.v_att(v, q_emb) * v).sum(1))
+    >>> w = model.w_emb(q)                                   # [B, T, E] float, not the ids
+    >>> logits, joint = from_words(w, v)
+    >>> reg = information_regularizer(from_words, [w, v], logits, params)
+    """
+    rows = logits.shape[0] * (params.n_samples if legacy else 1)
+    for m, x in enumerate(inputs):
+        if x.shape[0] != rows:
+            raise VQAError(f"regulariser input {m} has {x.shape[0]} rows, expected {rows}"
+                           + (" (n_samples copies of the batch)" if legacy else ""))
+    if noise is not None and len(noise) != len(inputs):
+        raise VQAError(f"regulariser: {len(noise)} noise tensors for {len(inputs)} inputs")
+    n = 1 if legacy else params.n_samples
+    device = logits.device.type
+
+    def perturb(m: int, x: Tensor) -> Tensor:
+        return Perturbation.perturb_tensor(_wide(x), n, dim=params.noise_dim,
+                                           noise=None if noise is None else noise[m])
+
+    with torch.autocast(device, enabled=False):
+        expanded = Perturbation.get_expanded_logits(_wide(logits), params.n_samples)
+    if params.grad:
+        perturbed = [perturb(m, x) for m, x in enumerate(inputs)]
+        out = _first(head(*perturbed))
+        with torch.autocast(device, enabled=False):
+            inf_loss = _influence_loss(_wide(out), expanded, legacy, "mean")
+            # a modality the head ignores gets a zero gradient (score 0), not an error
+            grads = torch.autograd.grad(inf_loss, perturbed, create_graph=True, allow_unused=True,
+                                        materialize_grads=True)
+            scores = torch.stack([Regularization.get_batch_norm(_wide(g), inf_loss, params.estimation)
+                                  for g in grads])
+    else:
+        stats = []
+        for m in range(len(inputs)):
+            probe = [perturb(k, x) if k == m else (_wide(x) if legacy else Perturbation.repeat(_wide(x), n))
+                     for k, x in enumerate(inputs)]
+            out = _first(head(*probe))
+            with torch.autocast(device, enabled=False):
+                per_row = _influence_loss(_wide(out), expanded, legacy, "none").mean(dim=1)
+                stats.append(Regularization.get_batch_statistics(per_row, params.n_samples,
+                                                                 params.estimation))
+        scores = torch.stack(stats)
+    with torch.autocast(device, enabled=False):
+        term = Regularization.get_regularization_term(scores, params.norm, params.optim_method,
+                                                      params.score_floor)
+    floored = (Regularization.count_floored(scores, params.score_floor) if params.optim_method == "max_ent"
+               else torch.zeros((), dtype=torch.int64, device=scores.device))
+    return RegOutput(term, scores, floored)
