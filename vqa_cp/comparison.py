@@ -24,6 +24,7 @@ import subprocess
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -84,15 +85,15 @@ class MethodPlan:
     settings: dict[str, Any]
 
 
-def _parse_trainer(argv: list[str], what: str) -> Any:
-    """The trainer's own parse of `argv` (defaults filled in); its argparse message becomes a VQAError."""
+def _argparse(parse: Callable[[], Any], what: str) -> Any:
+    """Run an argparse parse; its usage error (argparse exits) becomes a one-line VQAError."""
     captured = io.StringIO()
     try:
         with contextlib.redirect_stderr(captured), contextlib.redirect_stdout(captured):
-            return parse_args(argv)
+            return parse()
     except SystemExit:
         lines = captured.getvalue().strip().splitlines()
-        raise VQAError(f"{what}: main.py {' '.join(argv)}: {lines[-1] if lines else 'rejected'}") from None
+        raise VQAError(f"{what}: {lines[-1] if lines else 'rejected'}") from None
 
 
 def check_extra_args(extra: Sequence[str]) -> None:
@@ -100,14 +101,7 @@ def check_extra_args(extra: Sequence[str]) -> None:
     parser = build_parser()
     unset = object()
     parser.set_defaults(**{dest: unset for dest in vars(parser.parse_args([]))})
-    captured = io.StringIO()
-    try:
-        with contextlib.redirect_stderr(captured), contextlib.redirect_stdout(captured):
-            given = vars(parser.parse_args(list(extra)))
-    except SystemExit:
-        lines = captured.getvalue().strip().splitlines()
-        raise VQAError(f"main.py flags after --: {' '.join(extra)}: {lines[-1] if lines else 'rejected'}"
-                       ) from None
+    given = vars(_argparse(lambda: parser.parse_args(list(extra)), f"main.py flags after --: {' '.join(extra)}"))
     clashes = sorted({f"--{dest} (set by {flag})" for dest, flag in RESERVED.items()
                       if given.get(dest, unset) is not unset})
     if clashes:
@@ -158,11 +152,10 @@ def plan_methods(config: ComparisonConfig) -> tuple[Path, float, dict[str, Metho
     if repeated:
         raise VQAError(f"--methods lists {', '.join(repeated)} more than once")
     check_extra_args(config.extra_args)
-    common = ["--toy"] if config.toy else []
-    if config.data is not None:
-        common += ["--data", str(config.data)]
-    data = Path(_parse_trainer(common, "--data").data).resolve()
-    common = (["--toy"] if config.toy else []) + ["--data", str(data)]
+    toy = ["--toy"] if config.toy else []
+    given = toy + (["--data", str(config.data)] if config.data is not None else [])
+    data = Path(_argparse(partial(parse_args, given), f"main.py {' '.join(given)}").data).resolve()
+    common = toy + ["--data", str(data)]
     if config.val_fraction:
         common += ["--val_fraction", repr(config.val_fraction), "--select_on", "val"]
     inf_lambda = config.inf_lambda
@@ -171,7 +164,7 @@ def plan_methods(config: ComparisonConfig) -> tuple[Path, float, dict[str, Metho
     plans = {}
     for method in config.methods:
         argv = common + method_flags(method, inf_lambda) + list(config.extra_args)
-        args = vars(_parse_trainer(argv, f"method {method}"))
+        args = vars(_argparse(partial(parse_args, argv), f"method {method}: main.py {' '.join(argv)}"))
         settings = {k: v for k, v in sorted(args.items()) if k not in RUN_INDEPENDENT}
         plans[method] = MethodPlan(method, argv, json.loads(json.dumps(settings)))
     return data, inf_lambda, plans
@@ -344,16 +337,16 @@ def plot_table(table: dict[str, Any], path: Path) -> None:
         means = [row[c]["mean"] for c in COLUMNS]
         stds = [row[c]["std"] or 0.0 for c in COLUMNS]
         xs = [j + (i - (len(methods) - 1) / 2) * width for j in range(len(COLUMNS))]
-        label = f"{method} ({row['finished']} run{'s' if row['finished'] != 1 else ''}" + (
-            f", {row['crashed']} crashed)" if row["crashed"] else ")")
+        label = f"{method} ({row['finished']} finished" + (f", {row['crashed']} crashed)" if row["crashed"] else ")")
         shown = [(x, m, s) for x, m, s in zip(xs, means, stds) if m is not None]
         if not shown:
-            ax.bar([], [], width, label=label + ": no finished run")
+            ax.bar([], [], width, label=label)
             continue
         xs, means, stds = zip(*shown)
         bars = ax.bar(xs, means, width, yerr=stds, capsize=3, label=label)
         ax.bar_label(bars, labels=[f"{m:.1f}" for m in means], fontsize=7, padding=2)
     ax.set_xticks(range(len(COLUMNS)), COLUMNS)
+    ax.set_xlim(-0.5, len(COLUMNS) - 0.5)
     ax.set_ylabel("official VQA accuracy (%)")
     ax.set_ylim(0, 105)
     ax.set_title(f"{table['split']} accuracy, {table['selection']}: mean ± std over seeds")
