@@ -2,8 +2,10 @@
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -50,7 +52,9 @@ def test_two_ranks_half_batch_equal_one_rank_full_batch(toy_data, tmp_path, reg)
     assert proc.returncode == 0, proc.stderr[-3000:]
     one, two = (_params(tmp_path / run / ckpts.checkpoint_name(0, 4)) for run in ("one", "two"))
     assert one.keys() == two.keys()
-    for key in one:
+    # The attention logit's bias has an exactly zero gradient (the softmax over boxes ignores a shift):
+    # what autograd returns for it is rounding noise, which Adamax scales up to lr-sized steps.
+    for key in [k for k in one if k != "model.v_att.linear.bias"]:
         torch.testing.assert_close(two[key], one[key], rtol=1e-4, atol=1e-5, msg=key)
     before = _params(tmp_path / "one" / ckpts.checkpoint_name(0, 3))
     assert any(not torch.equal(before[k], one[k]) for k in one), "the fourth step changed nothing"
@@ -60,3 +64,40 @@ def test_batch_not_divisible_by_world_size_is_a_clear_error(toy_data, tmp_path):
     proc = torchrun(2, tiny_args(toy_data, tmp_path / "odd", "--batch_size", "33", "--device", "cpu"))
     assert proc.returncode != 0
     assert "--batch_size 33 is not divisible by the world size 2" in proc.stderr
+
+
+def _children(pid: int) -> list[int]:
+    kids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                kids.append(int(entry.name))
+    return kids
+
+
+def test_a_dead_rank_stops_the_others_and_resume_continues(toy_data, tmp_path):
+    out = tmp_path / "dies"
+    args = tiny_args(toy_data, out, "--epochs", "3", "--batch_size", "16", "--device", "cpu",
+                     "--checkpoint_every", "5")
+    env = dict(os.environ, OMP_NUM_THREADS="1", VQA_CP_COLLECTIVE_TIMEOUT="30")
+    proc = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                             "main.py", *args], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 240
+    while not ckpts.list_checkpoints(out) and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    workers = _children(proc.pid)
+    assert len(workers) == 2 and proc.poll() is None, "the run ended before a rank could be killed"
+    os.kill(workers[1], signal.SIGKILL)
+    started = time.time()
+    _, err = proc.communicate(timeout=120)  # bounded: the survivor must not hang
+    assert proc.returncode != 0
+    assert time.time() - started < 120
+    assert not (out / "model.pth").exists()
+    results = main(["--resume", str(out)])
+    assert results["history"][-1]["epoch"] == 3
+    assert (out / "model.pth").is_file()

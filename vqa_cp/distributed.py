@@ -8,7 +8,7 @@ from __future__ import annotations
 import datetime
 import math
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import torch
@@ -68,6 +68,14 @@ def wrap_ddp(module: nn.Module, device: torch.device) -> nn.Module:
         return module
     device_ids = [device.index] if device.type == "cuda" else None
     return nn.parallel.DistributedDataParallel(module, device_ids=device_ids)
+
+
+def differentiable_all_reduce() -> Callable[[torch.Tensor], torch.Tensor] | None:
+    """A sum over processes that autograd differentiates through (None outside torchrun)."""
+    if not is_distributed():
+        return None
+    from torch.distributed.nn.functional import all_reduce
+    return all_reduce
 
 
 def all_reduce_sum(values: list[float]) -> list[float]:

@@ -36,6 +36,7 @@ from vqa_cp.errors import VQAError
 ESTIMATIONS = ("ent", "var", "dif_ent")
 OPTIM_METHODS = ("max_ent", "min_ent", "max_ent_minus")
 SCORE_FLOOR = 1e-15
+AllReduce = Callable[[Tensor], Tensor]  # a differentiable sum over processes (torch.distributed.nn)
 
 
 @dataclass
@@ -95,15 +96,27 @@ class Perturbation:
         return tensor.repeat_interleave(n_samples, dim=0)
 
     @staticmethod
-    def _noise_std(tensor: Tensor, n_samples: int, dim: int) -> Tensor:
+    def _noise_std(tensor: Tensor, n_samples: int, dim: int, all_reduce: AllReduce | None = None) -> Tensor:
         """Detached std of `n_samples` copies of `tensor`, shaped to broadcast over [B, n, ...].
 
         dim 0: per feature over the B * n rows, sqrt(n sum_b (x_b - mean)^2 / (n B - 1)); dim 1: per row over
-        its features (copies share it).
+        its features (copies share it). With `all_reduce` (a sum over processes) the dim-0 std is the one
+        of the whole global batch.
         """
         x = tensor.detach()
         rows = x.shape[0]
         flat = x.reshape(rows, -1)
+        if dim == 0 and all_reduce is not None:
+            wide = flat.double()
+            stats = all_reduce(torch.cat([wide.sum(0), wide.square().sum(0),
+                                          torch.full((1,), float(rows), dtype=torch.float64, device=x.device)]))
+            feats = flat.shape[1]
+            total, mean = stats[-1], stats[:feats] / stats[-1]
+            var = (stats[feats:2 * feats] / total - mean.square()).clamp(min=0)
+            count = total * n_samples
+            if count < 2:
+                raise VQAError("perturbation noise: the std over the batch needs at least 2 rows")
+            return (var * (count / (count - 1))).sqrt().to(x.dtype).reshape(1, 1, *x.shape[1:])
         if dim == 0:
             if rows * n_samples < 2:
                 raise VQAError("perturbation noise: the std over the batch needs at least 2 rows")
@@ -117,7 +130,7 @@ class Perturbation:
 
     @classmethod
     def perturb_tensor(cls, tensor: Tensor, n_samples: int, perturbation: bool = True, dim: int = 0,
-                       noise: Tensor | None = None) -> Tensor:
+                       noise: Tensor | None = None, all_reduce: AllReduce | None = None) -> Tensor:
         """Repeat n_samples times (sample-major) and add eps * std, eps ~ N(0, 1), std detached (see dim).
 
         `noise` injects eps (shape [B * n, ...]) for reproducible runs. The result always requires grad:
@@ -139,7 +152,7 @@ class Perturbation:
                 raise VQAError(f"perturbation noise has shape {tuple(noise.shape)}, expected "
                                f"{(rows * n_samples, *tensor.shape[1:])}")
             eps = noise.reshape(rows, n_samples, *tensor.shape[1:])
-            std = cls._noise_std(tensor, n_samples, dim)
+            std = cls._noise_std(tensor, n_samples, dim, all_reduce)
             out = (tensor.unsqueeze(1) + eps * std).reshape(rows * n_samples, *tensor.shape[1:])
         return out if out.requires_grad else out.requires_grad_()
 
@@ -247,9 +260,23 @@ def _influence_loss(perturbed_logits: Tensor, expanded: Tensor, legacy: bool, re
     return F.binary_cross_entropy_with_logits(perturbed_logits, expanded, reduction=reduction)
 
 
+def _global_batch_norm(grads: Sequence[Tensor], inf_loss: Tensor, estimation: str, all_reduce: AllReduce,
+                       world_size: int) -> Tensor:
+    """get_batch_norm of the global batch from each rank's gradients of its own (mean) influence loss."""
+    rows = grads[0].shape[0]
+    sq_sum = all_reduce(torch.stack([_wide(g).reshape(rows, -1).square().sum() for g in grads]))
+    if estimation == "ent":
+        loss_sum = all_reduce(inf_loss.reshape(1))
+        return sq_sum / (world_size**2 * rows * loss_sum)
+    if estimation == "var":
+        return sq_sum / (world_size**3 * rows)
+    raise VQAError(f"estimation {estimation!r} has no gradient score; use 'ent' or 'var'")
+
+
 def information_regularizer(head: Callable[..., Tensor | Sequence[Tensor]], inputs: Sequence[Tensor],
                             logits: Tensor, params: RegParameters, *, legacy: bool = False,
-                            noise: Sequence[Tensor] | None = None) -> RegOutput:
+                            noise: Sequence[Tensor] | None = None, all_reduce: AllReduce | None = None,
+                            world_size: int = 1) -> RegOutput:
     """The seed snippet for a model split into a trunk and `head`: loss += params.lambda_ * out.term.
 
     inputs: the head's inputs from the clean pass (e.g. BUTD's q_emb, v_emb), one per modality, [B, ...];
@@ -261,6 +288,10 @@ def information_regularizer(head: Callable[..., Tensor | Sequence[Tensor]], inpu
     double backward stays inside the head. grad=False: one head pass per modality (the others repeated
     clean) and s_m = get_batch_statistics of the per-row influence losses (mean over answers).
     noise: optional standard-normal draws, one per modality, shaped like the perturbed tensors.
+    all_reduce / world_size: under torchrun, a differentiable sum over the `world_size` processes (each
+    holding an equal share of the batch); the noise std and the scores are then those of the global
+    batch, so 2 ranks x B/2 give the term of 1 rank x B. With L_r and S_r = sum_rows ||d L_r / d x||^2
+    of rank r (R_r rows), d L / d x = (d L_r / d x) / W gives s = sum_r S_r / (W^2 R_r sum_r L_r) ('ent').
 
     Scores and term are computed in float32 with autocast off, even when the head runs under bf16
     autocast (the softmax target, the influence loss and the gradients are float32).
@@ -286,7 +317,7 @@ def information_regularizer(head: Callable[..., Tensor | Sequence[Tensor]], inpu
 
     def perturb(m: int, x: Tensor) -> Tensor:
         return Perturbation.perturb_tensor(_wide(x), n, dim=params.noise_dim,
-                                           noise=None if noise is None else noise[m])
+                                           noise=None if noise is None else noise[m], all_reduce=all_reduce)
 
     with torch.autocast(device, enabled=False):
         expanded = Perturbation.get_expanded_logits(_wide(logits), params.n_samples)
@@ -298,8 +329,11 @@ def information_regularizer(head: Callable[..., Tensor | Sequence[Tensor]], inpu
             # a modality the head ignores gets a zero gradient (score 0), not an error
             grads = torch.autograd.grad(inf_loss, perturbed, create_graph=True, allow_unused=True,
                                         materialize_grads=True)
-            scores = torch.stack([Regularization.get_batch_norm(_wide(g), inf_loss, params.estimation)
-                                  for g in grads])
+            if all_reduce is None:
+                scores = torch.stack([Regularization.get_batch_norm(_wide(g), inf_loss, params.estimation)
+                                      for g in grads])
+            else:
+                scores = _global_batch_norm(grads, inf_loss, params.estimation, all_reduce, world_size)
     else:
         stats = []
         for m in range(len(inputs)):
@@ -311,6 +345,8 @@ def information_regularizer(head: Callable[..., Tensor | Sequence[Tensor]], inpu
                 stats.append(Regularization.get_batch_statistics(per_row, params.n_samples,
                                                                  params.estimation))
         scores = torch.stack(stats)
+        if all_reduce is not None:
+            scores = all_reduce(scores) / world_size
     with torch.autocast(device, enabled=False):
         term = Regularization.get_regularization_term(scores, params.norm, params.optim_method,
                                                       params.score_floor)

@@ -104,6 +104,7 @@ class ToyConfig:
     variant_rate: float = 0.15       # P(an annotator writes a folded variant of the true answer)
     wrong_rate: float = 0.03         # P(an annotator gives another answer of the question type)
     glove_missing: int = 2           # last words of the dictionary left out of GloVe (zero rows)
+    glove_plural_similarity: float = 0.8  # cosine between a category name's GloVe vector and its plural's
 
     def __post_init__(self) -> None:
         checks = [
@@ -140,6 +141,8 @@ class ToyConfig:
              f"variant and wrong rates must be >= 0 and add up to less than 0.5, got {self.variant_rate} "
              f"and {self.wrong_rate}"),
             (self.glove_missing >= 0, f"glove missing must be >= 0, got {self.glove_missing}"),
+            (0 <= self.glove_plural_similarity <= 1,
+             f"glove plural similarity must be in [0, 1], got {self.glove_plural_similarity}"),
         ]
         for ok, message in checks:
             if not ok:
@@ -302,8 +305,16 @@ def _question_types(rng: np.random.Generator, n: int) -> list[str]:
     return [types[i] for _ in range(rounds) for i in rng.permutation(len(types)).tolist()][:n]
 
 
-def _glove_lines(rng: np.random.Generator, words: list[str]) -> Iterator[str]:
-    for word, vector in zip(words, rng.standard_normal((len(words), GLOVE_DIM)) * GLOVE_SCALE):
+def _glove_lines(rng: np.random.Generator, words: list[str], plural_similarity: float) -> Iterator[str]:
+    """Random word vectors g_w ~ N(0, GLOVE_SCALE^2 I), except that a plural category name leans on its
+    singular, as in the real GloVe: g_dogs = s * g_dog + sqrt(1 - s^2) * e, so E[cos(g_dog, g_dogs)] ~ s."""
+    vectors = dict(zip(words, rng.standard_normal((len(words), GLOVE_DIM)) * GLOVE_SCALE))
+    s = plural_similarity
+    for word in words:
+        vector = vectors[word]
+        singular = word[:-1]
+        if word.endswith("s") and singular in CATEGORY_NAMES and singular in vectors:
+            vector = s * vectors[singular] + np.sqrt(1 - s * s) * vector
         yield word + " " + " ".join(f"{x:.5f}" for x in vector) + "\n"
 
 
@@ -442,7 +453,7 @@ def _generate(out: Path, config: ToyConfig, progress: bool) -> dict[str, Any]:
     glove_words = [w for w in dictionary.idx2word if w not in missing]
     glove_words += [w for w in GLOVE_EXTRA_WORDS if w not in dictionary.word2idx]
     glove_words = [glove_words[i] for i in rng_glove.permutation(len(glove_words)).tolist()]
-    write_text(out / GLOVE_FILE, "".join(_glove_lines(rng_glove, glove_words)))
+    write_text(out / GLOVE_FILE, "".join(_glove_lines(rng_glove, glove_words, config.glove_plural_similarity)))
 
     write_json(out / SCENES_FILE, {"config": asdict(config),
                                    "categories": list(CATEGORY_NAMES[: config.categories]),

@@ -169,14 +169,33 @@ class Objective(nn.Module):
     the parameter gradients once.
     """
 
-    def __init__(self, model: nn.Module, loss_fn: nn.Module, reg: RegParameters, legacy: bool = False) -> None:
+    def __init__(self, model: nn.Module, loss_fn: nn.Module, reg: RegParameters, legacy: bool = False,
+                 seed: int = 0) -> None:
         super().__init__()
         self.model = model
         self.loss_fn = loss_fn
         self.reg = reg
         self.legacy = legacy
+        self.seed = seed
 
-    def forward(self, v: torch.Tensor, q: torch.Tensor, target: torch.Tensor, bias: torch.Tensor
+    def perturbation_noise(self, inputs: tuple[torch.Tensor, ...], batch: int, step_id: int) -> list[torch.Tensor]:
+        """Standard-normal draws of this step for this rank's rows, [batch * n, ...] sample-major.
+
+        Drawn for the whole global batch from a generator seeded by (seed, step) and sliced as the
+        ranks split the batch (rank r holds global positions r, r + W, ...), so the noise of a
+        question does not depend on the number of processes, nor on the global RNG (exact resume).
+        """
+        n, rank, world = self.reg.n_samples, dist_utils.rank(), dist_utils.world_size()
+        device = inputs[0].device
+        generator = torch.Generator(device=device)
+        generator.manual_seed(self.seed * 1_000_003 + step_id)
+        noise = []
+        for x in inputs:
+            full = torch.randn((batch * world, n, *x.shape[1:]), generator=generator, device=device)
+            noise.append(full[rank::world].reshape(batch * n, *x.shape[1:]))
+        return noise
+
+    def forward(self, v: torch.Tensor, q: torch.Tensor, target: torch.Tensor, bias: torch.Tensor, step_id: int = 0
                 ) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
         q_emb, v_emb = self.model.trunk(v, q)
         logits, joint = self.model.head(q_emb, v_emb)
@@ -189,7 +208,10 @@ class Objective(nn.Module):
                 inputs = self.model.trunk(Perturbation.repeat(v, n), Perturbation.repeat(q, n))
             else:
                 inputs = (q_emb, v_emb)
-            out = information_regularizer(self.model.head, inputs, logits, self.reg, legacy=self.legacy)
+            noise = self.perturbation_noise((q_emb, v_emb), v.shape[0], step_id)
+            out = information_regularizer(self.model.head, inputs, logits, self.reg, legacy=self.legacy,
+                                          noise=noise, all_reduce=dist_utils.differentiable_all_reduce(),
+                                          world_size=dist_utils.world_size())
             loss = loss + self.reg.lambda_ * out.term
             parts["reg_term"] = out.term
             parts["score_q"] = out.scores[0]
@@ -365,7 +387,7 @@ def _train(args: argparse.Namespace, resume_path: Path | None, resume_ckpt: dict
     loss_fn = build_loss(args.mode, num_hid=args.num_hid, entropy_penalty=args.entropy_penalty)
     reg = RegParameters(n_samples=args.n_samples, norm=args.norm, estimation=args.estimation,
                         optim_method=args.optim_method, grad=args.grad, lambda_=args.inf_lambda)
-    objective = Objective(model, loss_fn, reg, legacy=args.inf_legacy).to(device)
+    objective = Objective(model, loss_fn, reg, legacy=args.inf_legacy, seed=args.seed).to(device)
     optimizer = torch.optim.Adamax([p for p in objective.parameters() if p.requires_grad], lr=args.lr)
 
     out_dir = Path(args.output)
@@ -396,6 +418,7 @@ def _train(args: argparse.Namespace, resume_path: Path | None, resume_ckpt: dict
     train_model = dist_utils.wrap_ddp(objective, device)
     local_batch = args.batch_size // world
     sampler = dist_utils.EpochSampler(len(data.train), seed=args.seed, rank=dist_utils.rank(), world=world)
+    steps_per_epoch = math.ceil(sampler.per_rank / local_batch)
 
     def checkpoint(epoch: int, step: int) -> None:
         if not dist_utils.is_main():
@@ -435,7 +458,7 @@ def _train(args: argparse.Namespace, resume_path: Path | None, resume_ckpt: dict
             v = batch_features(data.train, v, device)
             q, target, bias = (t.to(device, non_blocking=True) for t in (q, target, bias))
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-                loss, logits, parts = train_model(v, q, target, bias)
+                loss, logits, parts = train_model(v, q, target, bias, epoch * steps_per_epoch + step)
             bad = [name for name, value in parts.items() if not torch.isfinite(value).all()]
             if bad or not torch.isfinite(loss):
                 checkpoint(epoch, step)
