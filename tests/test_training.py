@@ -102,3 +102,20 @@ def test_features_on_device_gather_gives_the_same_run(toy_data, tmp_path):
     b = main(tiny_args(toy_data, tmp_path / "gather", *flags, "--features_on_gpu"))
     assert a["test"] == b["test"]
     assert a["history"][0]["train_loss"] == b["history"][0]["train_loss"]
+
+
+def test_non_finite_loss_stops_naming_epoch_step_and_term_after_saving(toy_data, tmp_path):
+    out = tmp_path / "boom"
+    with pytest.raises(VQAError, match=r"non-finite loss at epoch 1, step 0: .*regulariser") as info:
+        main(tiny_args(toy_data, out, "--inf_lambda", "1e300"))
+    assert str(out) in str(info.value)
+    saved = ckpts.list_checkpoints(out)
+    assert [p.name for p in saved] == [ckpts.checkpoint_name(0, 0)]
+    assert ckpts.safe_load(saved[0])["step"] == 0
+
+
+def test_bf16_autocast_runs_on_cpu_with_float32_scores(toy_data, tmp_path):
+    results = main(tiny_args(toy_data, tmp_path / "bf16", "--amp", "bf16", "--inf_lambda", "1e-4"))
+    record = results["history"][0]
+    assert record["score_q"] > 0 and record["score_v"] > 0
+    assert 0 <= results["test"]["overall"] <= 100

@@ -86,19 +86,24 @@ class LearnedMixin(nn.Module):
         self.bias_lin = nn.Linear(num_hid, 1)
         self.smooth_param = nn.Parameter(torch.full((1,), smooth_init))
 
-    def forward(self, joint: Tensor, logits: Tensor, bias: Tensor, target: Tensor) -> Tensor:
+    def terms(self, joint: Tensor, logits: Tensor, bias: Tensor, target: Tensor) -> dict[str, Tensor]:
+        """The two parts of the loss: {"task_loss": BCE(p, y), "entropy_penalty": w * H} (w = 0: no entry)."""
         z = _wide(logits)
         b = bias.to(z.dtype)
         g = F.softplus(_wide(self.bias_lin(joint)))
         s = torch.sigmoid(_wide(self.smooth_param))
         bias_1, bias_0 = g * torch.log(b + s), g * torch.log(1 - b + s)
-        loss = _renormalised_bce(F.logsigmoid(z) + bias_1, F.logsigmoid(-z) + bias_0, target.to(z.dtype))
+        parts = {"task_loss": _renormalised_bce(F.logsigmoid(z) + bias_1, F.logsigmoid(-z) + bias_0,
+                                                target.to(z.dtype))}
         if self.entropy_penalty > 0:
             log_norm = torch.logaddexp(bias_1, bias_0)
             log_q1, log_q0 = bias_1 - log_norm, bias_0 - log_norm
             entropy = -(log_q1.exp() * log_q1 + log_q0.exp() * log_q0).mean()
-            loss = loss + self.entropy_penalty * entropy
-        return loss
+            parts["entropy_penalty"] = self.entropy_penalty * entropy
+        return parts
+
+    def forward(self, joint: Tensor, logits: Tensor, bias: Tensor, target: Tensor) -> Tensor:
+        return sum(self.terms(joint, logits, bias, target).values())
 
 
 def build_loss(mode: str, num_hid: int, entropy_penalty: float = DEFAULT_ENTROPY_PENALTY) -> nn.Module:

@@ -27,7 +27,7 @@ from vqa_cp import checkpoints as ckpts
 from vqa_cp import distributed as dist_utils
 from vqa_cp.errors import VQAError
 from vqa_cp.files import write_json
-from vqa_cp.losses import build_loss
+from vqa_cp.losses import LearnedMixin, build_loss
 from vqa_cp.model import build_model
 from vqa_cp.regularization import Perturbation, RegParameters, information_regularizer
 
@@ -199,9 +199,11 @@ class Objective(nn.Module):
                 ) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
         q_emb, v_emb = self.model.trunk(v, q)
         logits, joint = self.model.head(q_emb, v_emb)
-        task = self.loss_fn(joint.float(), logits.float(), bias, target)
-        parts: dict[str, torch.Tensor] = {"task_loss": task}
-        loss = task
+        if isinstance(self.loss_fn, LearnedMixin):
+            parts = self.loss_fn.terms(joint.float(), logits.float(), bias, target)
+        else:
+            parts = {"task_loss": self.loss_fn(joint.float(), logits.float(), bias, target)}
+        loss = sum(parts.values())
         if self.reg.lambda_ > 0:
             n = self.reg.n_samples
             if self.legacy:  # the published code's second trunk pass, on the repeated batch
@@ -212,7 +214,8 @@ class Objective(nn.Module):
             out = information_regularizer(self.model.head, inputs, logits, self.reg, legacy=self.legacy,
                                           noise=noise, all_reduce=dist_utils.differentiable_all_reduce(),
                                           world_size=dist_utils.world_size())
-            loss = loss + self.reg.lambda_ * out.term
+            parts["reg_loss"] = self.reg.lambda_ * out.term
+            loss = loss + parts["reg_loss"]
             parts["reg_term"] = out.term
             parts["score_q"] = out.scores[0]
             parts["score_v"] = out.scores[1]
@@ -462,9 +465,9 @@ def _train(args: argparse.Namespace, resume_path: Path | None, resume_ckpt: dict
             bad = [name for name, value in parts.items() if not torch.isfinite(value).all()]
             if bad or not torch.isfinite(loss):
                 checkpoint(epoch, step)
-                names = {"task_loss": "task loss (debiasing objective incl. entropy penalty)",
-                         "reg_term": "regulariser", "score_q": "question information score",
-                         "score_v": "image information score"}
+                names = {"task_loss": "task loss", "entropy_penalty": "entropy penalty",
+                         "reg_term": "regulariser term", "reg_loss": "regulariser (lambda x term)",
+                         "score_q": "question information score", "score_v": "image information score"}
                 which = ", ".join(names.get(b, b) for b in bad) or "total loss"
                 raise VQAError(f"non-finite loss at epoch {epoch + 1}, step {step}: {which}; the last good "
                                f"state is saved in {out_dir}")
@@ -493,7 +496,8 @@ def _train(args: argparse.Namespace, resume_path: Path | None, resume_ckpt: dict
         train_loss, train_score = totals[0] / n, 100 * totals[1] / n
         part_means = {k: totals[3 + i] / (1 if k == "floored" else n) for i, k in enumerate(sorted(part_sums))}
         seconds = time.time() - t0
-        record: dict[str, Any] = {"epoch": epoch + 1, "train_loss": train_loss, "train_score": train_score,
+        record: dict[str, Any] = {"epoch": epoch + 1, "inf_lambda": args.inf_lambda, "train_loss": train_loss,
+                                  "train_score": train_score,
                                   "seconds": seconds, "samples_per_s": n / max(seconds, 1e-9)}
         record.update(part_means)
         logger.write(f"epoch {epoch + 1}, time: {seconds:.2f}")
