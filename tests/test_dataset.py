@@ -10,7 +10,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from tests.raw_fixtures import make_images, tsv_line, tsv_path, write_raw, write_tsv
-from vqa_cp.dataset import VQADataset, load_processed, load_training_data
+from vqa_cp.dataset import VQADataset, load_processed, load_training_data, split_by_image
 from vqa_cp.errors import VQAError
 from vqa_cp.features import FeatureStore, process_features
 from vqa_cp.processing import process_answers, process_text
@@ -133,10 +133,22 @@ def test_load_training_data(data: Path) -> None:
     assert (td.ntoken, td.num_answers, td.num_boxes, td.v_dim, td.eval_name) == (PAD, 4, 2, 3, "test")
     assert td.features.cached == torch.float16
     assert td.train.features is td.val.features is td.eval.features is td.features
-    assert len(td.val) == 2 and len(td.train) == 3
+    assert len(td.val) >= 1 and len(td.train) >= 1 and len(td.val) + len(td.train) == 5
+    assert not set(td.val.image_ids.tolist()) & set(td.train.image_ids.tolist())
     assert sorted(td.train.question_ids.tolist() + td.val.question_ids.tolist()) == [101, 102, 103, 104, 105]
     assert td.eval.question_ids.tolist() == [201, 202, 203]
     again = load_training_data(data, val_fraction=0.4, seed=3)
     assert again.val.question_ids.tolist() == td.val.question_ids.tolist() and again.features.cached is None
     v2 = load_training_data(data, nocp=True)
     assert v2.val is None and v2.eval_name == "val2014" and v2.answers == ["black", "red", "yes"]
+
+
+def test_split_by_image_keeps_each_image_on_one_side() -> None:
+    image_ids = np.array([5, 5, 5, 7, 7, 9, 9, 9, 9, 11])
+    val, train = split_by_image(image_ids, 0.3, seed=0)
+    assert sorted(val.tolist() + train.tolist()) == list(range(10))
+    assert not set(image_ids[val].tolist()) & set(image_ids[train].tolist())
+    # whole images are taken until the share reaches 30% of 10 questions
+    assert 3 <= len(val) <= 3 + 3
+    again, _ = split_by_image(image_ids, 0.3, seed=0)
+    assert again.tolist() == val.tolist()
