@@ -12,57 +12,22 @@ medians are reported. Synthetic data at real sizes (36 boxes x 2048, 2,000 answe
 from __future__ import annotations
 
 import argparse
-import contextlib
 import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
-from torch import Tensor, nn
-from torch.nn.utils import parametrize
+from torch import Tensor
 from tqdm import tqdm
 
 from vqa_cp.errors import VQAError, run_cli
 from vqa_cp.losses import LOSS_MODES, build_loss
-from vqa_cp.model import BUTD, build_model
-from vqa_cp.regularization import Perturbation, RegParameters, information_regularizer
+from vqa_cp.model import build_model
+from vqa_cp.regularization import RegParameters
+from vqa_cp.training import Objective, train_step
 
 Batch = tuple[Tensor, Tensor, Tensor, Tensor]
-
-
-def train_step(model: BUTD, loss_fn: nn.Module, optimizer: torch.optim.Optimizer, batch: Batch,
-               reg: RegParameters | None, legacy: bool = False, clip: float = 0.25,
-               cache_weights: bool = True) -> Tensor:
-    """One step: trunk, head, debiasing loss (+ lambda * regulariser), backward, clip, Adamax step.
-
-    cache_weights: compute each weight-normalised matrix w = g v / ||v|| once per step
-    (parametrize.cached), not once per head call -- the regulariser calls the head twice.
-    """
-    with parametrize.cached() if cache_weights else contextlib.nullcontext():
-        loss = _loss_and_backward(model, loss_fn, optimizer, batch, reg, legacy)
-    nn.utils.clip_grad_norm_([p for group in optimizer.param_groups for p in group["params"]], clip)
-    optimizer.step()
-    return loss
-
-
-def _loss_and_backward(model: BUTD, loss_fn: nn.Module, optimizer: torch.optim.Optimizer, batch: Batch,
-                       reg: RegParameters | None, legacy: bool) -> Tensor:
-    v, q, target, bias = batch
-    q_emb, v_emb = model.trunk(v, q)
-    logits, joint = model.head(q_emb, v_emb)
-    loss = loss_fn(joint, logits, bias, target)
-    if reg is not None:
-        if legacy:
-            n = reg.n_samples
-            inputs = model.trunk(Perturbation.repeat(v, n), Perturbation.repeat(q, n))
-        else:
-            inputs = (q_emb, v_emb)
-        out = information_regularizer(model.head, inputs, logits, reg, legacy=legacy)
-        loss = loss + reg.lambda_ * out.term
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    return loss.detach()
 
 
 @dataclass
@@ -89,10 +54,11 @@ def make_runner(variant: Variant, batch: Batch, args: argparse.Namespace, device
     model = build_model("baseline0_newatt", ntoken=args.ntoken, num_hid=args.num_hid, v_dim=args.v_dim,
                         num_answers=args.answers).to(device)
     loss_fn = build_loss(variant.mode, num_hid=args.num_hid).to(device)
-    optimizer = torch.optim.Adamax([*model.parameters(), *loss_fn.parameters()], lr=2e-3)
-    reg = RegParameters(lambda_=1e-10, n_samples=args.n_samples) if variant.reg else None
-    return lambda: train_step(model, loss_fn, optimizer, batch, reg, variant.legacy,
-                              cache_weights=not args.no_weight_cache)
+    reg = RegParameters(lambda_=1e-10 if variant.reg else 0.0, n_samples=args.n_samples)
+    objective = Objective(model, loss_fn, reg, legacy=variant.legacy).to(device)
+    optimizer = torch.optim.Adamax(objective.parameters(), lr=2e-3)
+    steps = iter(range(10**9))
+    return lambda: train_step(objective, optimizer, batch, next(steps), grad_clip=0.25)[0]
 
 
 def measure(variants: list[Variant], batch_size: int, args: argparse.Namespace, device: torch.device
@@ -134,7 +100,6 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--quick", action="store_true", help="fewer steps")
     p.add_argument("--steps", type=int, default=None, help="measured steps per variant (default 7, quick 3)")
     p.add_argument("--warmup", type=int, default=1)
-    p.add_argument("--no_weight_cache", action="store_true", help="recompute weight norm at every call")
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     p.add_argument("--num_hid", type=int, default=1024)
     p.add_argument("--v_dim", type=int, default=2048)
@@ -155,8 +120,8 @@ def main() -> None:
     device = torch.device(args.device)
     batch1 = args.batch or (512 if device.type == "cuda" else 128)
     print(f"device {device}, threads {torch.get_num_threads()}, torch {torch.__version__}, "
-          f"{args.steps} measured steps (+{args.warmup} warm-up), n_samples {args.n_samples}, "
-          f"weight-norm cache {'off' if args.no_weight_cache else 'on'}")
+          f"{args.steps} measured steps (+{args.warmup} warm-up), n_samples {args.n_samples}; "
+          "the trainer's own step (vqa_cp.training.train_step)")
     if args.part in ("1", "all"):
         variants = [Variant("lmh+H plain", "learned_mixin", False),
                     Variant("lmh+H + reg (reuse trunk)", "learned_mixin", True),

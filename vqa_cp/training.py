@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn as nn
+from torch.nn.utils import parametrize
 from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
@@ -221,6 +222,38 @@ class Objective(nn.Module):
             parts["score_v"] = out.scores[1]
             parts["floored"] = torch.as_tensor(float(out.floored))
         return loss, logits, parts
+
+
+class NonFiniteLoss(Exception):
+    """A training step produced a non-finite loss; the message names the terms."""
+
+
+TERM_NAMES = {"task_loss": "task loss", "entropy_penalty": "entropy penalty", "reg_term": "regulariser term",
+              "reg_loss": "regulariser (lambda x term)", "score_q": "question information score",
+              "score_v": "image information score"}
+
+
+def train_step(train_model: nn.Module, optimizer: torch.optim.Optimizer,
+               batch: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], step_id: int, grad_clip: float,
+               amp: bool = False) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+    """One optimisation step of the objective (possibly DDP-wrapped): forward, backward, clip, Adamax.
+
+    Weight-normalised matrices are computed once per step (parametrize.cached): the regulariser calls
+    the head a second time. Raises NonFiniteLoss before touching the parameters.
+    """
+    v, q, target, bias = batch
+    with parametrize.cached():
+        with torch.autocast(v.device.type, dtype=torch.bfloat16, enabled=amp):
+            loss, logits, parts = train_model(v, q, target, bias, step_id)
+        bad = [name for name, value in parts.items() if not torch.isfinite(value).all()]
+        if bad or not torch.isfinite(loss):
+            raise NonFiniteLoss(", ".join(TERM_NAMES.get(b, b) for b in bad) or "total loss")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    nn.utils.clip_grad_norm_(params, grad_clip)
+    optimizer.step()
+    return loss.detach(), logits.detach(), parts
 
 
 @dataclass
@@ -460,21 +493,13 @@ def _train(args: argparse.Namespace, resume_path: Path | None, resume_ckpt: dict
         for v, q, target, bias, _qid in bar:
             v = batch_features(data.train, v, device)
             q, target, bias = (t.to(device, non_blocking=True) for t in (q, target, bias))
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-                loss, logits, parts = train_model(v, q, target, bias, epoch * steps_per_epoch + step)
-            bad = [name for name, value in parts.items() if not torch.isfinite(value).all()]
-            if bad or not torch.isfinite(loss):
+            try:
+                loss, logits, parts = train_step(train_model, optimizer, (v, q, target, bias),
+                                                 epoch * steps_per_epoch + step, args.grad_clip, amp)
+            except NonFiniteLoss as exc:
                 checkpoint(epoch, step)
-                names = {"task_loss": "task loss", "entropy_penalty": "entropy penalty",
-                         "reg_term": "regulariser term", "reg_loss": "regulariser (lambda x term)",
-                         "score_q": "question information score", "score_v": "image information score"}
-                which = ", ".join(names.get(b, b) for b in bad) or "total loss"
-                raise VQAError(f"non-finite loss at epoch {epoch + 1}, step {step}: {which}; the last good "
-                               f"state is saved in {out_dir}")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            nn.utils.clip_grad_norm_(objective.parameters(), args.grad_clip)
-            optimizer.step()
+                raise VQAError(f"non-finite loss at epoch {epoch + 1}, step {step}: {exc}; the last good "
+                               f"state is saved in {out_dir}") from None
             step += 1
             global_step += 1
             b = target.shape[0]
