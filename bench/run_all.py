@@ -1,0 +1,99 @@
+"""Run every benchmark in bench/ and write bench/RESULTS.md (machine description + each script's output).
+
+    python bench/run_all.py [--quick] [--only data,evaluation,step,throughput,toy]
+
+Each script reports medians of several runs and its ratios measured side by side in one process.
+Benchmarks are never part of the test suite's pass/fail.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from vqa_cp.errors import VQAError, run_cli  # noqa: E402
+from vqa_cp.files import write_text  # noqa: E402
+
+# name -> (script, full flags, quick flags, what it measures)
+BENCHMARKS = {
+    "data": ("bench/bench_data.py", ["--images", "300"], ["--images", "60", "--items", "500"],
+             "TSV decode MB/s vs a plain base64 loop, TSV -> HDF5, dataset items/s lazy vs cached, peak RSS"),
+    "evaluation": ("bench/bench_evaluation.py", [], ["--quick"],
+                   "official accuracy on 219,928 questions vs a per-question implementation"),
+    "step": ("bench/bench_step.py", [], ["--quick"],
+             "training step time per mode, with and without the regulariser; trunk reuse vs second trunk pass"),
+    "throughput": ("bench/bench_throughput.py", [], ["--quick"],
+                   "samples/s and seconds per full epoch at the real shapes (GPU figures need a GPU)"),
+    "toy": ("bench/bench_toy.py", [], ["--quick"], "the toy benchmark's accuracy table and `main.py --toy` time"),
+}
+
+
+def machine() -> str:
+    import torch
+
+    cpu = "unknown CPU"
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        for line in cpuinfo.read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    mem = ""
+    meminfo = Path("/proc/meminfo")
+    if meminfo.exists():
+        kb = int(meminfo.read_text().split("MemTotal:")[1].split()[0])
+        mem = f", {kb / 2**20:.0f} GiB RAM"
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+    return (f"{cpu}, {os.cpu_count()} cores{mem}, {gpu}; Python {platform.python_version()}, "
+            f"torch {torch.__version__}, torch threads {torch.get_num_threads()}")
+
+
+def main(argv: list[str]) -> Path:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true", help="small sizes (minutes, not tens of minutes)")
+    p.add_argument("--only", default=",".join(BENCHMARKS))
+    p.add_argument("--output", default=str(ROOT / "bench" / "RESULTS.md"))
+    args = p.parse_args(argv)
+    names = [n for n in args.only.split(",") if n]
+    unknown = [n for n in names if n not in BENCHMARKS]
+    if unknown:
+        raise VQAError(f"unknown benchmark {', '.join(unknown)}; choose from {', '.join(BENCHMARKS)}")
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    sections = [f"# Benchmark results\n\n{datetime.date.today()}; {machine()}.\n\n"
+                f"Command: `python bench/run_all.py{' --quick' if args.quick else ''}`. Figures are medians; "
+                "ratios are measured side by side in one process. Times on a shared machine vary; compare "
+                "ratios, not absolute CPU times.\n"]
+    failed = []
+    for name in names:
+        script, full, quick, what = BENCHMARKS[name]
+        cmd = [sys.executable, script, *(quick if args.quick else full)]
+        print(f"== {name}: {' '.join(cmd[1:])}", file=sys.stderr)
+        start = time.time()
+        proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
+        took = time.time() - start
+        body = "\n".join(line for line in proc.stdout.splitlines() if "\r" not in line).strip()
+        status = "" if proc.returncode == 0 else f" — FAILED (exit {proc.returncode})"
+        if proc.returncode:
+            failed.append(name)
+            body += "\n" + "\n".join(proc.stderr.strip().splitlines()[-5:])
+        sections.append(f"\n## {name}{status}\n\n{what}. `{' '.join(cmd[1:])}`, {took:.0f} s.\n\n```\n{body}\n```\n")
+        print(body, file=sys.stderr)
+    out = Path(args.output)
+    write_text(out, "".join(sections))
+    print(f"wrote {out}", file=sys.stderr)
+    if failed:
+        raise VQAError(f"benchmarks failed: {', '.join(failed)} (see {out})")
+    return out
+
+
+if __name__ == "__main__":
+    run_cli(lambda: main(sys.argv[1:]))
