@@ -453,7 +453,8 @@ def _generate(out: Path, config: ToyConfig, progress: bool) -> dict[str, Any]:
     glove_words = [w for w in dictionary.idx2word if w not in missing]
     glove_words += [w for w in GLOVE_EXTRA_WORDS if w not in dictionary.word2idx]
     glove_words = [glove_words[i] for i in rng_glove.permutation(len(glove_words)).tolist()]
-    write_text(out / GLOVE_FILE, "".join(_glove_lines(rng_glove, glove_words, config.glove_plural_similarity)))
+    glove_lines = _glove_lines(rng_glove, glove_words, config.glove_plural_similarity)
+    write_text(out / GLOVE_FILE, "".join(glove_lines))
 
     write_json(out / SCENES_FILE, {"config": asdict(config),
                                    "categories": list(CATEGORY_NAMES[: config.categories]),

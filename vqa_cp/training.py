@@ -33,7 +33,7 @@ from vqa_cp.model import build_model
 from vqa_cp.regularization import Perturbation, RegParameters, information_regularizer
 
 MODES = ("none", "reweight", "bias_product", "learned_mixin")
-TOY_DEFAULTS = {"epochs": 6, "num_hid": 256, "batch_size": 128, "inf_lambda": 1e-4, "num_workers": 0}
+TOY_DEFAULTS = {"epochs": 8, "num_hid": 256, "batch_size": 64, "inf_lambda": 1e-8, "num_workers": 0}
 REAL_DEFAULTS = {"epochs": 15, "num_hid": 1024, "batch_size": 512, "inf_lambda": 0.0, "num_workers": 2}
 
 
@@ -89,10 +89,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mode", choices=MODES, default="learned_mixin", help="debiasing objective")
     p.add_argument("-p", "--entropy_penalty", type=_nonnegative_float, default=0.36,
                    help="learned-mixin +H entropy weight (0 = plain learned-mixin)")
-    p.add_argument("--epochs", type=_positive_int, default=None, help="default 15 (toy: 6)")
+    p.add_argument("--epochs", type=_positive_int, default=None, help="default 15 (toy: 8)")
     p.add_argument("--num_hid", type=_positive_int, default=None, help="default 1024 (toy: 256)")
     p.add_argument("--model", choices=("baseline0_newatt", "baseline0"), default="baseline0_newatt")
-    p.add_argument("--batch_size", type=_positive_int, default=None, help="global batch, default 512 (toy: 128)")
+    p.add_argument("--batch_size", type=_positive_int, default=None, help="global batch, default 512 (toy: 64)")
     p.add_argument("--num_workers", type=int, default=None, help="DataLoader workers, default 2 (toy: 0)")
     p.add_argument("--lr", type=_positive_float, default=0.002)
     p.add_argument("--grad_clip", type=_positive_float, default=0.25)
@@ -103,7 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
     # regulariser
     g = p.add_argument_group("functional-entropy regulariser")
     g.add_argument("--inf_lambda", type=_nonnegative_float, default=None,
-                   help="strength of the regulariser; 0 = off (default 0; toy: 1e-4)")
+                   help="strength of the regulariser; 0 = off (default 0; toy: 1e-8)")
     g.add_argument("--norm", "--inf_norm", dest="norm", type=_positive_float, default=2.0)
     g.add_argument("--estimation", "--inf_reg", dest="estimation", choices=("ent", "var", "dif_ent"), default="ent")
     g.add_argument("--optim_method", choices=("max_ent", "min_ent", "max_ent_minus"), default="max_ent")
