@@ -139,6 +139,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             setattr(args, key, value)
     if args.data is None:
         args.data = "data/toy" if args.toy else "data"
+    if args.toy:
+        args.eval_each_epoch = True  # a toy epoch's evaluation takes about a second
     if args.select_on == "val" and args.val_fraction <= 0:
         raise VQAError("--select_on val needs a validation split: add --val_fraction F (e.g. 0.1)")
     if args.features_on_gpu and not args.cache_features:
@@ -377,7 +379,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         args.output = str(Path(args.resume))
     dist_utils.setup()
     try:
-        return _train(args, resume_path, resume_ckpt)
+        results = _train(args, resume_path, resume_ckpt)
+        dist_utils.barrier()  # no rank tears the group down while rank 0 still writes its files
+        return results
     finally:
         dist_utils.teardown()
 
