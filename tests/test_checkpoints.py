@@ -128,3 +128,42 @@ def test_information_scores_tool_prints_both_modalities(trained, toy_data):
     assert set(lines) == {"question", "image"}
     shares = [float(line.split("(")[1].rstrip("%)")) for line in lines.values()]
     assert abs(sum(shares) - 100) < 0.2
+
+
+def test_load_fine_tunes_a_reference_checkpoint_with_its_own_lists(trained, toy_data, tmp_path):
+    """--load with --dictionary/--answers: rows are matched by string, the logits of shared answers kept."""
+    import pickle
+
+    out, _ = trained
+    data_words = json.loads((toy_data / "processed" / "dictionary.json").read_text())["words"]
+    data_answers = json.loads((toy_data / "processed" / "cp" / "answers.json").read_text())["answers"]
+    ours = ckpts.safe_load(out / "model.pth")["model"]
+    # the reference pipeline's lists: words and answers in another order
+    perm_w, perm_a = list(reversed(range(len(data_words)))), list(reversed(range(len(data_answers))))
+    ref = to_reference_state_dict(ours)
+    pad = ref["w_emb.emb.weight"][-1:]
+    ref["w_emb.emb.weight"] = torch.cat([ref["w_emb.emb.weight"][:-1][perm_w], pad])
+    for key in ("classifier.main.3.weight_v", "classifier.main.3.bias"):
+        ref[key] = ref[key][perm_a]
+    torch.save(ref, tmp_path / "ref.pth")
+    with open(tmp_path / "dictionary.pkl", "wb") as f:
+        pickle.dump([{}, [data_words[i] for i in perm_w]], f)
+    with open(tmp_path / "label2ans.pkl", "wb") as f:
+        pickle.dump([data_answers[i] for i in perm_a], f)
+    results = main(tiny_args(toy_data, tmp_path / "tuned", "--load", str(tmp_path / "ref.pth"), "--dictionary",
+                             str(tmp_path / "dictionary.pkl"), "--answers", str(tmp_path / "label2ans.pkl"),
+                             "--inf_lambda", "0", "--lr", "1e-12"))
+    dataset = open_split(toy_data, "test")
+    original = load_model_for_data(out / "model.pth", toy_data).model
+    tuned = load_model_for_data(tmp_path / "tuned" / "model.pth", toy_data).model
+    torch.testing.assert_close(_logits(tuned, dataset), _logits(original, dataset), rtol=1e-4, atol=1e-4)
+    # save_predictions' path: the checkpoint in its own order, token ids translated at the input
+    theirs = load_model_for_data(tmp_path / "ref.pth", toy_data, dictionary=str(tmp_path / "dictionary.pkl"),
+                                 answers=str(tmp_path / "label2ans.pkl"))
+    items = [dataset[i] for i in range(16)]
+    v, q = torch.stack([it[0] for it in items]), torch.stack([it[1] for it in items])
+    theirs.model.eval()
+    with torch.no_grad():
+        via_map = theirs.model(v, theirs.token_map[q])[0][:, perm_a]
+    torch.testing.assert_close(via_map, _logits(original, dataset))
+    assert 0 <= results["test"]["overall"] <= 100

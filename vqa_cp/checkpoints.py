@@ -276,3 +276,40 @@ def check_sizes(path: Path, model: torch.nn.Module, words: list[str] | None, ans
             f"({model.num_answers - len(answers):+d}); pass the reference pipeline's answer list with "
             "--answers trainval_label2ans.pkl"
         )
+
+
+def remap_to_data(model: torch.nn.Module, model_words: list[str], model_answers: list[str],
+                  data_words: list[str], data_answers: list[str], glove: np.ndarray) -> torch.nn.Module:
+    """A model over the processed data's word and answer lists, its rows copied from `model` by string.
+
+    Words the checkpoint lacks keep their GloVe rows; answers it lacks keep a fresh classifier row.
+    Used by `main.py --load CKPT --dictionary F --answers F` to fine-tune a reference checkpoint.
+    """
+    from dataclasses import replace
+
+    from vqa_cp.model import BUTD
+
+    new = BUTD(replace(model.config, ntoken=len(data_words), num_answers=len(data_answers)))
+    new.init_embedding(glove)
+    state = new.state_dict()
+    old = model.state_dict()
+    for key, value in old.items():
+        if key.startswith(("w_emb.", "classifier.main.3.")):
+            continue
+        state[key] = value
+    word_index = {w: i for i, w in enumerate(model_words)}
+    emb_key = "w_emb.emb.weight"
+    for i, word in enumerate(data_words):
+        if word in word_index:
+            state[emb_key][i] = old[emb_key][word_index[word]]
+    answer_index = {a: i for i, a in enumerate(model_answers)}
+    rows = [(i, answer_index[a]) for i, a in enumerate(data_answers) if a in answer_index]
+    for key in [k for k in old if k.startswith("classifier.main.3.") and old[k].dim() > 0]:
+        for i, j in rows:
+            state[key][i] = old[key][j]
+    v_key = "classifier.main.3.parametrizations.weight.original1"
+    g_key = "classifier.main.3.parametrizations.weight.original0"
+    # the scalar weight-norm gain keeps the checkpoint's overall scale for the copied rows
+    state[g_key] = old[g_key] * state[v_key].norm() / old[v_key].norm()
+    new.load_state_dict(state)
+    return new

@@ -412,18 +412,21 @@ def _train(args: argparse.Namespace, resume_path: Path | None, resume_ckpt: dict
                               cache_dtype=args.cache_dtype, val_fraction=args.val_fraction, seed=args.seed)
     if args.features_on_gpu:
         data.features.keep_on_device(device)
-    model = build_model(args.model, ntoken=data.ntoken, num_hid=args.num_hid, v_dim=data.v_dim,
-                        num_answers=data.num_answers, emb_dim=data.glove.shape[1])
-    model.init_embedding(data.glove)
+    if args.load:  # sizes and variant come from the checkpoint's tensors
+        words = ckpts.read_reference_words(args.dictionary) if args.dictionary else data.words
+        answers = ckpts.read_reference_answers(args.answers) if args.answers else data.answers
+        model = ckpts.load_model(args.load, words=words, answers=answers).model
+        if (words, answers) != (data.words, data.answers):
+            model = ckpts.remap_to_data(model, words, answers, data.words, data.answers, data.glove)
+        args.num_hid, args.model = model.config.num_hid, model.config.name
+    else:
+        model = build_model(args.model, ntoken=data.ntoken, num_hid=args.num_hid, v_dim=data.v_dim,
+                            num_answers=data.num_answers, emb_dim=data.glove.shape[1])
+        model.init_embedding(data.glove)
     if args.no_dropout:
         for m in model.modules():
             if isinstance(m, nn.Dropout):
                 m.p = 0.0
-    if args.load:
-        words = ckpts.read_reference_words(args.dictionary) if args.dictionary else data.words
-        answers = ckpts.read_reference_answers(args.answers) if args.answers else data.answers
-        loaded = ckpts.load_model(args.load, words=words, answers=answers)
-        model.load_state_dict(loaded.model.state_dict())
     loss_fn = build_loss(args.mode, num_hid=args.num_hid, entropy_penalty=args.entropy_penalty)
     reg = RegParameters(n_samples=args.n_samples, norm=args.norm, estimation=args.estimation,
                         optim_method=args.optim_method, grad=args.grad, lambda_=args.inf_lambda)
