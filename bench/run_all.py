@@ -21,9 +21,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+import torch  # noqa: E402
+
 from vqa_cp.errors import VQAError, run_cli  # noqa: E402
 from vqa_cp.files import write_text  # noqa: E402
 
+# On a CPU the real-shape throughput run is cut to a few batch-128 steps; its GPU figures need a GPU.
+CPU_THROUGHPUT = ["--device", "cpu", "--batch", "128", "--steps", "5", "--warmup", "1", "--images", "2000"]
 # name -> (script, full flags, quick flags, what it measures)
 BENCHMARKS = {
     "data": ("bench/bench_data.py", ["--images", "300"], ["--images", "60", "--items", "500"],
@@ -32,7 +36,7 @@ BENCHMARKS = {
                    "official accuracy on 219,928 questions vs a per-question implementation"),
     "step": ("bench/bench_step.py", [], ["--quick"],
              "training step time per mode, with and without the regulariser; trunk reuse vs second trunk pass"),
-    "throughput": ("bench/bench_throughput.py", [], ["--quick"],
+    "throughput": ("bench/bench_throughput.py", [] if torch.cuda.is_available() else CPU_THROUGHPUT, ["--quick"],
                    "samples/s and seconds per full epoch at the real shapes (GPU figures need a GPU)"),
     "toy": ("bench/bench_toy.py", ["--flags", "--epochs 8 --batch_size 64 --num_hid 256", "--reg", "1e-8:ent"],
             ["--seeds", "0", "--no-timing", "--out", str(Path(tempfile.gettempdir()) / "TOY_RESULTS_quick.md")],
@@ -41,8 +45,6 @@ BENCHMARKS = {
 
 
 def machine() -> str:
-    import torch
-
     cpu = "unknown CPU"
     cpuinfo = Path("/proc/cpuinfo")
     if cpuinfo.exists():
