@@ -8,6 +8,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import tiny_args
 from vqa_cp import checkpoints as ckpts
 from vqa_cp.training import main
@@ -48,3 +50,17 @@ def test_sigkill_mid_epoch_then_resume_matches_uninterrupted_run(toy_data, tmp_p
     final_a = ckpts.safe_load(reference / "model.pth")["model"]
     final_b = ckpts.safe_load(killed / "model.pth")["model"]
     assert all((final_a[k] == final_b[k]).all() for k in final_a)
+
+
+def test_resume_refuses_data_with_another_answer_list(toy_data, tmp_path):
+    from vqa_cp.errors import VQAError
+
+    out = tmp_path / "run"
+    main(tiny_args(toy_data, out, "--inf_lambda", "0", "--max_steps", "2"))
+    path = ckpts.list_checkpoints(out)[0]
+    ckpt = ckpts.safe_load(path)
+    ckpt["answers_digest"] = ckpts.digest(["yes", "no"])
+    ckpt["num_answers"] = 2
+    ckpts.save_checkpoint(path, ckpt)
+    with pytest.raises(VQAError, match=r"answer list \(2 entries\) differs from the processed data's \(\d+ entries\)"):
+        main(["--resume", str(out)])

@@ -6,6 +6,7 @@ Outside torchrun (no WORLD_SIZE in the environment) every helper is the single-p
 from __future__ import annotations
 
 import datetime
+import gc
 import math
 import os
 from collections.abc import Callable, Iterator
@@ -53,8 +54,15 @@ def setup() -> None:
 
 
 def teardown() -> None:
+    """Destroy the process group once the DDP objects (reference cycles) are freed: gloo work that
+    outlives the group would otherwise be destroyed during interpreter shutdown, which aborts."""
     if is_distributed():
+        gc.collect()
         dist.destroy_process_group()
+
+
+def under_torchrun() -> bool:
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
 def barrier() -> None:
