@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from vqa_cp.errors import VQAError
-from vqa_cp.files import atomic_path
+from vqa_cp.files import atomic_path, load_json
 
 CHECKPOINT_VERSION = 1
 CHECKPOINT_PATTERN = re.compile(r"^checkpoint_e(\d+)_s(\d+)\.pth$")
@@ -162,7 +162,6 @@ def load_plain_pickle(path: str | os.PathLike, what: str) -> Any:
 def read_reference_words(path: str | os.PathLike) -> list[str]:
     """Words of a reference dictionary.pkl ([word2idx, idx2word]) or of our dictionary.json."""
     if str(path).endswith(".json"):
-        from vqa_cp.files import load_json
         return list(load_json(path, "dictionary file")["words"])
     obj = load_plain_pickle(path, "dictionary file")
     if isinstance(obj, list | tuple) and len(obj) == 2 and isinstance(obj[1], list):
@@ -179,7 +178,6 @@ def read_reference_words(path: str | os.PathLike) -> list[str]:
 def read_reference_answers(path: str | os.PathLike) -> list[str]:
     """Answers of a reference trainval_label2ans.pkl (list) / ans2label.pkl (dict) or our answers.json."""
     if str(path).endswith(".json"):
-        from vqa_cp.files import load_json
         return list(load_json(path, "answers file")["answers"])
     obj = load_plain_pickle(path, "answers file")
     if isinstance(obj, dict):

@@ -26,8 +26,10 @@ from tqdm import tqdm
 
 from vqa_cp import checkpoints as ckpts
 from vqa_cp import distributed as dist_utils
+from vqa_cp.dataset import load_training_data
 from vqa_cp.errors import VQAError
-from vqa_cp.files import write_json
+from vqa_cp.evaluation import official_accuracy_from_dataset
+from vqa_cp.files import write_json, write_text
 from vqa_cp.losses import LearnedMixin, build_loss
 from vqa_cp.model import build_model
 from vqa_cp.regularization import Perturbation, RegParameters, information_regularizer
@@ -304,8 +306,6 @@ def predict(model: nn.Module, loader: DataLoader, device: torch.device, amp: boo
 def evaluate(model: nn.Module, dataset, batch_size: int, num_workers: int, device: torch.device, amp: bool,
              desc: str) -> EvalOutput:
     """Predict a split (sharded across ranks under torchrun) and score it with the official metric."""
-    from vqa_cp.evaluation import official_accuracy_from_dataset
-
     indices = list(range(dist_utils.rank(), len(dataset), dist_utils.world_size()))
     # A private generator: creating the loader must not draw from the global RNG (exact resume).
     loader = DataLoader(Subset(dataset, indices), batch_size=batch_size, shuffle=False,
@@ -347,7 +347,6 @@ def append_metrics(path: Path, record: dict[str, Any]) -> None:
             if line.strip() and json.loads(line)["epoch"] < record["epoch"]:
                 lines.append(line)
     lines.append(json.dumps(record))
-    from vqa_cp.files import write_text
     write_text(path, "\n".join(lines) + "\n")
 
 
@@ -362,7 +361,6 @@ def truncate_log(path: Path, epochs_done: int) -> None:
         if count > epochs_done:
             break
         kept.append(line)
-    from vqa_cp.files import write_text
     write_text(path, "".join(k + "\n" for k in kept))
 
 
@@ -388,8 +386,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 def _train(args: argparse.Namespace, resume_path: Path | None, resume_ckpt: dict[str, Any] | None
            ) -> dict[str, Any]:
-    from vqa_cp.dataset import load_training_data
-
     device = pick_device(args.device)
     if dist_utils.world_size() > 1 and args.device == "auto" and torch.cuda.is_available():
         device = torch.device("cuda", dist_utils.local_rank())
