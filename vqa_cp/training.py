@@ -384,6 +384,23 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         dist_utils.teardown()
 
 
+def training_state(objective: Objective, optimizer: torch.optim.Optimizer, args: argparse.Namespace, data,
+                   history: list[dict[str, Any]], epoch: int, step: int, running: dict[str, Any] | None = None
+                   ) -> dict[str, Any]:
+    """Our checkpoint dict: after `step` steps of epoch `epoch` (0-based; step 0 = the epoch's start).
+
+    `running` holds the epoch's loss sums so far, for a checkpoint taken in the middle of an epoch.
+    """
+    return {
+        "version": ckpts.CHECKPOINT_VERSION, "model": objective.model.state_dict(),
+        "loss_fn": objective.loss_fn.state_dict(), "optimizer": optimizer.state_dict(),
+        "epoch": epoch, "step": step, "args": vars(args), "rng": ckpts.rng_state(), "history": history,
+        "words_digest": ckpts.digest(data.words), "answers_digest": ckpts.digest(data.answers),
+        "num_words": len(data.words), "num_answers": len(data.answers), "model_name": args.model,
+        "running": running,
+    }
+
+
 def _train(args: argparse.Namespace, resume_path: Path | None, resume_ckpt: dict[str, Any] | None
            ) -> dict[str, Any]:
     device = pick_device(args.device)
@@ -462,14 +479,8 @@ def _train(args: argparse.Namespace, resume_path: Path | None, resume_ckpt: dict
     def checkpoint(epoch: int, step: int) -> None:
         if not dist_utils.is_main():
             return
-        state = {
-            "version": ckpts.CHECKPOINT_VERSION, "model": objective.model.state_dict(),
-            "loss_fn": objective.loss_fn.state_dict(), "optimizer": optimizer.state_dict(),
-            "epoch": epoch, "step": step, "args": vars(args), "rng": ckpts.rng_state(), "history": history,
-            "words_digest": ckpts.digest(data.words), "answers_digest": ckpts.digest(data.answers),
-            "num_words": len(data.words), "num_answers": len(data.answers), "model_name": args.model,
-            "running": running if step > 0 else None,
-        }
+        state = training_state(objective, optimizer, args, data, history, epoch, step,
+                               running if step > 0 else None)
         ckpts.save_checkpoint(out_dir / ckpts.checkpoint_name(epoch, step), state)
         ckpts.prune_checkpoints(out_dir)
 
@@ -577,13 +588,7 @@ def _finish(args, data, objective, optimizer, history, selected, device, amp, lo
         results[data.eval_name] = history[-1].get(data.eval_name) if history else None
     final = results[data.eval_name] or {}
     if dist_utils.is_main():
-        state = {
-            "version": ckpts.CHECKPOINT_VERSION, "model": objective.model.state_dict(),
-            "loss_fn": objective.loss_fn.state_dict(), "optimizer": optimizer.state_dict(),
-            "epoch": args.epochs, "step": 0, "args": vars(args), "rng": ckpts.rng_state(), "history": history,
-            "words_digest": ckpts.digest(data.words), "answers_digest": ckpts.digest(data.answers),
-            "num_words": len(data.words), "num_answers": len(data.answers), "model_name": args.model,
-        }
+        state = training_state(objective, optimizer, args, data, history, args.epochs, 0)
         ckpts.save_checkpoint(out_dir / "model.pth", state)
         write_json(out_dir / "results.json", results, indent=2)
         print_table(final, history, data.eval_name)
