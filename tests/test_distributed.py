@@ -93,10 +93,8 @@ def test_a_dead_rank_stops_the_others_and_resume_continues(toy_data, tmp_path):
     workers = _children(proc.pid)
     assert len(workers) == 2 and proc.poll() is None, "the run ended before a rank could be killed"
     os.kill(workers[1], signal.SIGKILL)
-    started = time.time()
-    _, err = proc.communicate(timeout=120)  # bounded: the survivor must not hang
+    proc.communicate(timeout=120)  # a hang guard, not a speed check: the survivor must exit
     assert proc.returncode != 0
-    assert time.time() - started < 120
     assert not (out / "model.pth").exists()
     results = main(["--resume", str(out)])
     assert results["history"][-1]["epoch"] == 2
