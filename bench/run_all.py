@@ -1,6 +1,6 @@
 """Run every benchmark in bench/ and write bench/RESULTS.md (machine description + each script's output).
 
-    python bench/run_all.py [--quick] [--only data,evaluation,step,throughput,toy]
+    python bench/run_all.py [--quick] [--only data,evaluation,step,step_bf16,throughput,toy]
 
 Each script reports medians of several runs and its ratios measured side by side in one process.
 Benchmarks are never part of the test suite's pass/fail.
@@ -35,7 +35,10 @@ BENCHMARKS = {
     "evaluation": ("bench/bench_evaluation.py", [], ["--quick"],
                    "official accuracy on 219,928 questions vs a per-question implementation"),
     "step": ("bench/bench_step.py", [], ["--quick"],
-             "training step time per mode, with and without the regulariser; trunk reuse vs second trunk pass"),
+             "training step time per mode, with and without the regulariser; trunk reuse vs second trunk pass; "
+             "matrix-product work per step"),
+    "step_bf16": ("bench/bench_step.py", ["--part", "1", "--amp"], ["--part", "1", "--amp", "--quick"],
+                  "part 1 of the step benchmark under bfloat16 autocast (main.py --amp)"),
     "throughput": ("bench/bench_throughput.py", [] if torch.cuda.is_available() else CPU_THROUGHPUT, ["--quick"],
                    "samples/s and seconds per full epoch at the real shapes (GPU figures need a GPU)"),
     "toy": ("bench/bench_toy.py", ["--flags", "--epochs 8 --batch_size 64 --num_hid 256", "--reg", "1e-8:ent"],
