@@ -106,8 +106,9 @@ def test_perturb_tensor_layout_std_and_graph() -> None:
     assert not attached.is_leaf
     (grad_w,) = torch.autograd.grad(attached.sum(), w)
     assert torch.allclose(grad_w, 3 * x.sum())
-    # already-repeated rows (legacy second trunk pass): noise only
-    assert torch.allclose(Perturbation.add_noise(rep, noise=eps), rep + eps * rep.std(dim=0))
+    # the std is a constant of the perturbation unless std_grad (the published VQA-CP wiring) keeps it
+    (grad_w,) = torch.autograd.grad(Perturbation.perturb_tensor(w * x, 3, noise=eps, std_grad=True).sum(), w)
+    assert torch.allclose(grad_w, 3 * x.sum() + (eps * rep.std(dim=0)).sum())  # std(w x) = w std(x)
 
 
 def test_perturb_tensor_images_and_errors() -> None:
@@ -252,12 +253,10 @@ def fixed_noise(rows: int, dtype: torch.dtype = torch.float64) -> list[Tensor]:
 
 def manual_grad_scores(head, a: Tensor, b: Tensor, logits: Tensor, noise: list[Tensor], legacy: bool,
                        estimation: str, n: int = 3) -> Tensor:
-    """The seed snippet written out by hand (no information_regularizer)."""
-    if legacy:
-        pa, pb = a + noise[0] * a.detach().std(0), b + noise[1] * b.detach().std(0)
-    else:
-        ra, rb = a.repeat_interleave(n, 0), b.repeat_interleave(n, 0)
-        pa, pb = ra + noise[0] * ra.detach().std(0), rb + noise[1] * rb.detach().std(0)
+    """The seed snippet written out by hand (no information_regularizer); legacy keeps the std in the graph."""
+    ra, rb = a.repeat_interleave(n, 0), b.repeat_interleave(n, 0)
+    sa, sb = (ra.std(0), rb.std(0)) if legacy else (ra.detach().std(0), rb.detach().std(0))
+    pa, pb = ra + noise[0] * sa, rb + noise[1] * sb
     target = torch.softmax(logits, 1).repeat_interleave(n, 0)
     out = head(pa, pb)[0]
     loss = F.binary_cross_entropy_with_logits(target, out) if legacy else \
@@ -275,8 +274,7 @@ def test_regularizer_matches_the_snippet_written_by_hand(legacy: bool, estimatio
     a, b = inputs(u1, u2)
     logits = head(a, b)[0]
     if legacy:
-        a, b = inputs(u1, u2, batch=3)
-        a, b = a.repeat_interleave(3, 0) + 0.01, b.repeat_interleave(3, 0) - 0.01  # a "second trunk pass"
+        a, b = a + 0.01, b - 0.01  # a "second trunk pass" over the same batch (other dropout masks)
     noise = fixed_noise(9)
     params = RegParameters(estimation=estimation)
     out = information_regularizer(head, [a, b], logits, params, legacy=legacy, noise=noise)
@@ -328,13 +326,31 @@ def test_gradcheck_through_the_whole_term(grad: bool, legacy: bool, noise_dim: i
         a, b = inputs(u1, u2, batch=2)
         a, b = a + c1, b + c2
         logits = head(a, b)[0]
-        if legacy:
-            a, b = a.repeat_interleave(3, 0), b.repeat_interleave(3, 0)
         return information_regularizer(head, [a, b], logits, params, legacy=legacy, noise=noise).term
 
     shifts = torch.tensor(0.3, dtype=torch.float64), torch.tensor(-0.2, dtype=torch.float64)
     checked = (*weights()[:3], *shifts)
     assert torch.autograd.gradcheck(term, tuple(w.requires_grad_() for w in checked))
+
+
+@pytest.mark.parametrize("noise_dim", [0, 1])
+def test_legacy_term_differentiates_through_the_noise_std(noise_dim: int) -> None:
+    """Scaling the inputs scales the noise std, so a finite-difference check of d term / d scale sees the
+    std move: it passes with the std in the graph (legacy) and fails with the default's detached std."""
+    params = RegParameters(noise_dim=noise_dim, n_samples=3)
+    noise = fixed_noise(6)
+    w1, w2, w3, u1, u2 = weights()
+    head = head_fn(w1, w2, w3)
+
+    def term(s1: Tensor, s2: Tensor, legacy: bool = True) -> Tensor:
+        a, b = inputs(u1, u2, batch=2)
+        a, b = a * s1, b * s2
+        logits = head(a, b)[0]
+        return information_regularizer(head, [a, b], logits, params, legacy=legacy, noise=noise).term
+
+    scales = tuple(torch.tensor(v, dtype=torch.float64, requires_grad=True) for v in (1.3, 0.7))
+    assert torch.autograd.gradcheck(term, scales)
+    assert not torch.autograd.gradcheck(lambda s1, s2: term(s1, s2, legacy=False), scales, raise_exception=False)
 
 
 def test_ignored_modality_scores_zero_and_term_stays_finite() -> None:
@@ -417,7 +433,7 @@ def test_input_row_checks() -> None:
     model = TwoInput()
     image, question = torch.randn(4, 4), torch.randn(4, 3)
     logits = model(image, question)
-    with pytest.raises(VQAError, match="12"):
-        information_regularizer(model, [image, question], logits, RegParameters(), legacy=True)
+    with pytest.raises(VQAError, match="input 1 has 5 rows, expected 4"):
+        information_regularizer(model, [image, torch.randn(5, 3)], logits, RegParameters(), legacy=True)
     with pytest.raises(VQAError, match="noise"):
         information_regularizer(model, [image, question], logits, RegParameters(), noise=[torch.randn(12, 4)])

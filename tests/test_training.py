@@ -11,7 +11,10 @@ import torch
 from tests.conftest import tiny_args
 from vqa_cp import checkpoints as ckpts
 from vqa_cp.errors import VQAError
-from vqa_cp.training import main, parse_args
+from vqa_cp.losses import build_loss
+from vqa_cp.model import build_model
+from vqa_cp.regularization import RegParameters
+from vqa_cp.training import Objective, main, parse_args
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -119,3 +122,23 @@ def test_bf16_autocast_runs_on_cpu_with_float32_scores(toy_data, tmp_path):
     record = results["history"][0]
     assert record["score_q"] > 0 and record["score_v"] > 0
     assert 0 <= results["test"]["overall"] <= 100
+
+
+@pytest.mark.parametrize("legacy, trunk_rows", [(False, [4]), (True, [4, 4])])
+def test_objective_reuses_the_trunk_or_runs_the_published_second_pass(legacy, trunk_rows):
+    """Reuse: one trunk pass. --inf_legacy: a second trunk pass over the same 4 questions (not over n
+    copies), as the published code's second forward; the head then sees the 3 x 4 perturbed rows."""
+    torch.manual_seed(0)
+    model = build_model("baseline0_newatt", ntoken=9, num_hid=6, v_dim=5, num_answers=4, emb_dim=3)
+    objective = Objective(model, build_loss("learned_mixin", num_hid=6), RegParameters(lambda_=1e-3, n_samples=3),
+                          legacy=legacy)
+    trunk_calls, head_calls = [], []
+    model.q_emb.register_forward_hook(lambda module, args, out: trunk_calls.append(args[0].shape[0]))
+    model.q_net.register_forward_hook(lambda module, args, out: head_calls.append(args[0].shape[0]))
+    g = torch.Generator().manual_seed(1)
+    v, q = torch.rand(4, 3, 5, generator=g), torch.randint(0, 9, (4, 5), generator=g)
+    loss, _, parts = objective(v, q, torch.rand(4, 4, generator=g), torch.rand(4, 4, generator=g), step_id=0)
+    assert trunk_calls == trunk_rows and head_calls == [4, 12]
+    loss.backward()
+    assert torch.isfinite(loss) and parts["score_q"] > 0 and parts["score_v"] > 0
+    assert model.q_emb.rnn.weight_hh_l0.grad.abs().sum() > 0

@@ -12,8 +12,12 @@ drops the division, the Poincare bound). The regulariser 'max_ent' = || 1 / s ||
 modality's score up, so the classifier cannot ignore one of them.
 
 Layout: perturbed batches hold n_samples copies of each sample, sample-major: row b * n + j is copy j
-of sample b (the authors' library layout; `Perturbation.repeat` makes it). A trainer that runs a
-second trunk pass for `legacy=True` must repeat its batch with `Perturbation.repeat`.
+of sample b (the authors' library layout; `Perturbation.repeat` makes it).
+
+legacy=True reproduces the published VQA-CP wiring: the caller passes the head inputs of a second
+trunk pass over the same batch, the noise std stays in the graph (the published perturbation does not
+detach it, so the term also differentiates through std(q_emb) and std(v_emb)), and the influence
+loss's arguments are reversed.
 
 Finiteness: scores can be ~0 (a modality the model ignores; toy runs start near 1e-11, the published
 code reported train_loss: inf from 1/score overflow). 'max_ent' floors each score at
@@ -96,14 +100,15 @@ class Perturbation:
         return tensor.repeat_interleave(n_samples, dim=0)
 
     @staticmethod
-    def _noise_std(tensor: Tensor, n_samples: int, dim: int, all_reduce: AllReduce | None = None) -> Tensor:
-        """Detached std of `n_samples` copies of `tensor`, shaped to broadcast over [B, n, ...].
+    def _noise_std(tensor: Tensor, n_samples: int, dim: int, all_reduce: AllReduce | None = None,
+                   std_grad: bool = False) -> Tensor:
+        """Std of `n_samples` copies of `tensor`, shaped to broadcast over [B, n, ...]; detached unless std_grad.
 
         dim 0: per feature over the B * n rows, sqrt(n sum_b (x_b - mean)^2 / (n B - 1)); dim 1: per row over
         its features (copies share it). With `all_reduce` (a sum over processes) the dim-0 std is the one
         of the whole global batch.
         """
-        x = tensor.detach()
+        x = tensor if std_grad else tensor.detach()
         rows = x.shape[0]
         flat = x.reshape(rows, -1)
         if dim == 0 and all_reduce is not None:
@@ -130,14 +135,17 @@ class Perturbation:
 
     @classmethod
     def perturb_tensor(cls, tensor: Tensor, n_samples: int, perturbation: bool = True, dim: int = 0,
-                       noise: Tensor | None = None, all_reduce: AllReduce | None = None) -> Tensor:
-        """Repeat n_samples times (sample-major) and add eps * std, eps ~ N(0, 1), std detached (see dim).
+                       noise: Tensor | None = None, all_reduce: AllReduce | None = None,
+                       std_grad: bool = False) -> Tensor:
+        """Repeat n_samples times (sample-major) and add eps * std, eps ~ N(0, 1) (std: see dim).
 
-        `noise` injects eps (shape [B * n, ...]) for reproducible runs. The result always requires grad:
-        it stays attached to `tensor`'s graph when there is one, otherwise it is a fresh leaf, so that
-        torch.autograd.grad can be taken with respect to it. Token ids (Long) cannot be perturbed: perturb
-        the embedding output instead, e.g. for BUTD `Perturbation.perturb_tensor(model.w_emb(q), n)`, or
-        capture it with a forward hook on the first embedding layer.
+        The std is detached (a constant of the perturbation) unless std_grad is set (the published
+        VQA-CP code keeps it in the graph). `noise` injects eps (shape [B * n, ...]) for reproducible
+        runs. The result always requires grad: it stays attached to `tensor`'s graph when there is one,
+        otherwise it is a fresh leaf, so that torch.autograd.grad can be taken with respect to it.
+        Token ids (Long) cannot be perturbed: perturb the embedding output instead, e.g. for BUTD
+        `Perturbation.perturb_tensor(model.w_emb(q), n)`, or capture it with a forward hook on the first
+        embedding layer.
         """
         if not tensor.is_floating_point():
             raise VQAError(f"cannot perturb a {tensor.dtype} tensor: perturb the embedding output instead")
@@ -152,14 +160,9 @@ class Perturbation:
                 raise VQAError(f"perturbation noise has shape {tuple(noise.shape)}, expected "
                                f"{(rows * n_samples, *tensor.shape[1:])}")
             eps = noise.reshape(rows, n_samples, *tensor.shape[1:])
-            std = cls._noise_std(tensor, n_samples, dim, all_reduce)
+            std = cls._noise_std(tensor, n_samples, dim, all_reduce, std_grad)
             out = (tensor.unsqueeze(1) + eps * std).reshape(rows * n_samples, *tensor.shape[1:])
         return out if out.requires_grad else out.requires_grad_()
-
-    @classmethod
-    def add_noise(cls, tensor: Tensor, dim: int = 0, noise: Tensor | None = None) -> Tensor:
-        """Perturb rows that are already repeated (e.g. a second trunk pass): tensor + eps * std(tensor)."""
-        return cls.perturb_tensor(tensor, 1, dim=dim, noise=noise)
 
     @staticmethod
     def get_expanded_logits(logits: Tensor, n_samples: int, logits_flg: bool = True) -> Tensor:
@@ -279,9 +282,9 @@ def information_regularizer(head: Callable[..., Tensor | Sequence[Tensor]], inpu
                             world_size: int = 1) -> RegOutput:
     """The seed snippet for a model split into a trunk and `head`: loss += params.lambda_ * out.term.
 
-    inputs: the head's inputs from the clean pass (e.g. BUTD's q_emb, v_emb), one per modality, [B, ...];
-    with `legacy=True` they are [n * B, ...] from a second trunk pass on `Perturbation.repeat`-ed
-    batches (the published VQA-CP wiring, which also reverses the influence-loss arguments).
+    inputs: the head's inputs, one per modality, [B, ...]: from the clean pass (e.g. BUTD's q_emb,
+    v_emb), or with `legacy=True` from a second trunk pass over the same batch (the published VQA-CP
+    wiring, which also keeps the noise std in the graph and reverses the influence-loss arguments).
     logits: the clean logits [B, A]; their softmax, repeated, is the influence loss's target (not
     detached, as in the seed). head(*perturbed) returns logits or a tuple starting with them.
     grad=True: s_m = get_batch_norm(d L_inf / d x~_m) with all modalities perturbed at once; the
@@ -305,19 +308,19 @@ def information_regularizer(head: Callable[..., Tensor | Sequence[Tensor]], inpu
     >>> logits, joint = from_words(w, v)
     >>> reg = information_regularizer(from_words, [w, v], logits, params)
     """
-    rows = logits.shape[0] * (params.n_samples if legacy else 1)
+    rows = logits.shape[0]
     for m, x in enumerate(inputs):
         if x.shape[0] != rows:
-            raise VQAError(f"regulariser input {m} has {x.shape[0]} rows, expected {rows}"
-                           + (" (n_samples copies of the batch)" if legacy else ""))
+            raise VQAError(f"regulariser input {m} has {x.shape[0]} rows, expected {rows} (one per logits row)")
     if noise is not None and len(noise) != len(inputs):
         raise VQAError(f"regulariser: {len(noise)} noise tensors for {len(inputs)} inputs")
-    n = 1 if legacy else params.n_samples
+    n = params.n_samples
     device = logits.device.type
 
     def perturb(m: int, x: Tensor) -> Tensor:
         return Perturbation.perturb_tensor(_wide(x), n, dim=params.noise_dim,
-                                           noise=None if noise is None else noise[m], all_reduce=all_reduce)
+                                           noise=None if noise is None else noise[m], all_reduce=all_reduce,
+                                           std_grad=legacy)
 
     with torch.autocast(device, enabled=False):
         expanded = Perturbation.get_expanded_logits(_wide(logits), params.n_samples)
@@ -337,8 +340,7 @@ def information_regularizer(head: Callable[..., Tensor | Sequence[Tensor]], inpu
     else:
         stats = []
         for m in range(len(inputs)):
-            probe = [perturb(k, x) if k == m else (_wide(x) if legacy else Perturbation.repeat(_wide(x), n))
-                     for k, x in enumerate(inputs)]
+            probe = [perturb(k, x) if k == m else Perturbation.repeat(_wide(x), n) for k, x in enumerate(inputs)]
             out = _first(head(*probe))
             with torch.autocast(device, enabled=False):
                 per_row = _influence_loss(_wide(out), expanded, legacy, "none").mean(dim=1)

@@ -32,7 +32,7 @@ from vqa_cp.evaluation import official_accuracy_from_dataset
 from vqa_cp.files import write_json, write_text
 from vqa_cp.losses import LearnedMixin, build_loss
 from vqa_cp.model import build_model
-from vqa_cp.regularization import Perturbation, RegParameters, information_regularizer
+from vqa_cp.regularization import RegParameters, information_regularizer
 
 MODES = ("none", "reweight", "bias_product", "learned_mixin")
 TOY_DEFAULTS = {"epochs": 8, "num_hid": 256, "batch_size": 64, "inf_lambda": 1e-8, "num_workers": 0}
@@ -114,7 +114,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="gradient (log-Sobolev) bound; --no-grad: gradient-free estimate")
     g.add_argument("--inf_grad", dest="grad", type=_bool, help="alias of --grad/--no-grad: true or false")
     g.add_argument("--inf_legacy", action="store_true",
-                   help="the published code's choices: reversed BCE arguments, second trunk pass")
+                   help="the published code's wiring: a second trunk pass, the noise std differentiated, "
+                        "reversed BCE arguments")
     # validation / selection
     p.add_argument("--val_fraction", type=_fraction, default=0.0,
                    help="hold out this fraction of training questions (split by image) for validation")
@@ -210,11 +211,8 @@ class Objective(nn.Module):
             parts = {"task_loss": self.loss_fn(joint.float(), logits.float(), bias, target)}
         loss = sum(parts.values())
         if self.reg.lambda_ > 0:
-            n = self.reg.n_samples
-            if self.legacy:  # the published code's second trunk pass, on the repeated batch
-                inputs = self.model.trunk(Perturbation.repeat(v, n), Perturbation.repeat(q, n))
-            else:
-                inputs = (q_emb, v_emb)
+            # legacy: the published code's second trunk pass over the same batch (fresh dropout masks)
+            inputs = self.model.trunk(v, q) if self.legacy else (q_emb, v_emb)
             noise = self.perturbation_noise((q_emb, v_emb), v.shape[0], step_id)
             out = information_regularizer(self.model.head, inputs, logits, self.reg, legacy=self.legacy,
                                           noise=noise, all_reduce=dist_utils.differentiable_all_reduce(),
