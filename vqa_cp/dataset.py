@@ -85,19 +85,19 @@ class VQADataset(Dataset):
     """Items (features [K, D] float32, tokens [14] int64, target [A] float32, bias [A] float32, question_id).
 
     target is the dense soft-target vector, bias the prior of the question's type. `indices`
-    selects a subset of the split's questions (positions in the processed split).
+    selects a subset of the split's questions (positions in the processed split). `processed`:
+    the dataset's `load_processed` result, when the caller already has it.
     """
 
-    def __init__(self, data_dir: str | os.PathLike, dataset: str = "cp", split: str = "train",
-                 features: FeatureStore | None = None, indices: np.ndarray | list[int] | None = None) -> None:
+    def __init__(self, data_dir: str | os.PathLike, dataset: str = "cp", split: str = "train", *,
+                 features: FeatureStore, indices: np.ndarray | list[int] | None = None,
+                 processed: Processed | None = None) -> None:
         _check(dataset, split)
-        if features is None:
-            raise VQAError("VQADataset needs a FeatureStore (features=...)")
         self.data_dir = Path(data_dir)
         self.dataset = dataset
         self.split = split
         self.features = features
-        processed = load_processed(data_dir, dataset)
+        processed = processed or load_processed(data_dir, dataset)
         self.answers = processed.answers
         self.question_type_names = processed.question_types
         self.dictionary_size = len(processed.dictionary)
@@ -243,16 +243,16 @@ def load_training_data(data_dir: str | os.PathLike, nocp: bool = False, cache_fe
         raise VQAError(f"cache dtype must be float16 or float32, got {cache_dtype!r}")
     processed = load_processed(data_dir, dataset)
     features = FeatureStore(_require(processed_dir(data_dir) / FEATURES_FILE, data_dir))
-    train = VQADataset(data_dir, dataset, "train", features=features)
+    train = VQADataset(data_dir, dataset, "train", features=features, processed=processed)
     val = None
     if val_fraction > 0:
         val_idx, train_idx = split_by_image(train.image_ids, val_fraction, seed)
         if len(val_idx) == 0 or len(train_idx) == 0:
             raise VQAError(f"validation fraction {val_fraction} of {len(train)} train questions leaves an "
                            "empty split")
-        val = VQADataset(data_dir, dataset, "train", features=features, indices=val_idx)
-        train = VQADataset(data_dir, dataset, "train", features=features, indices=train_idx)
-    evaluation = VQADataset(data_dir, dataset, "test", features=features)
+        val = VQADataset(data_dir, dataset, "train", features=features, indices=val_idx, processed=processed)
+        train = VQADataset(data_dir, dataset, "train", features=features, indices=train_idx, processed=processed)
+    evaluation = VQADataset(data_dir, dataset, "test", features=features, processed=processed)
     if cache_features:
         features.cache(dtypes[cache_dtype])
     return TrainingData(train, val, evaluation, EVAL_NAMES[dataset], features, processed.dictionary.idx2word,

@@ -18,8 +18,8 @@ import torch
 from tqdm import tqdm
 
 from vqa_cp.errors import VQAError
-from vqa_cp.files import atomic_path
-from vqa_cp.processing import is_up_to_date, processed_dir, remove_stale_temps
+from vqa_cp.files import atomic_path, is_up_to_date, remove_stale_temps
+from vqa_cp.processing import processed_dir
 
 TSV_FIELDS = ("image_id", "image_w", "image_h", "num_boxes", "boxes", "features")
 TSV_FILE = "trainval_36/trainval_resnet101_faster_rcnn_genome_36.tsv"
@@ -80,7 +80,7 @@ def iter_tsv(path: str | os.PathLike, progress: bool = True) -> Iterator[tuple[i
                                      disable=not progress, leave=False) as bar:
         for lineno, line in enumerate(f, start=1):
             bar.update(len(line))
-            if line.strip():
+            if not line.isspace():  # (lines read from a file are never empty)
                 yield lineno, decode_row(line, path, lineno)
 
 
@@ -197,6 +197,7 @@ class FeatureStore:
         self._order = np.argsort(self.image_ids, kind="stable")
         self._sorted_ids = self.image_ids[self._order]
         self._h5: h5py.File | None = None
+        self._data: h5py.Dataset | None = None  # the open file's "features", looked up once
         self._pid: int | None = None
         self._cache: torch.Tensor | None = None
         self._device_cache: torch.Tensor | None = None
@@ -211,12 +212,13 @@ class FeatureStore:
         found = self._sorted_ids[pos] == image_ids
         return np.where(found, self._order[pos], -1)
 
-    def _file(self) -> h5py.File:
+    def _features_data(self) -> h5py.Dataset:
         if self._pid != os.getpid():
             # a handle inherited through fork must not be used: open our own
             self._h5 = h5py.File(self.path, "r")
+            self._data = self._h5["features"]
             self._pid = os.getpid()
-        return self._h5
+        return self._data
 
     def features(self, row: int) -> torch.Tensor:
         """float32 [K, D] features of HDF5 row `row` (its row index alone once `keep_on_device` ran)."""
@@ -224,7 +226,7 @@ class FeatureStore:
             return torch.tensor(row, dtype=torch.int64)
         if self._cache is not None:
             return self._cache[row].to(torch.float32, copy=True)
-        return torch.from_numpy(self._file()["features"][row]).float()
+        return torch.from_numpy(self._features_data()[row]).float()
 
     @property
     def cached(self) -> torch.dtype | None:
@@ -252,7 +254,7 @@ class FeatureStore:
             raise VQAError(f"feature cache needs {need / 1e9:.1f} GB but only {available / 1e9:.1f} GB is "
                            f"available ({meminfo} MemAvailable); run without the cache or with float16")
         cache = torch.empty((len(self), self.num_boxes, self.dim), dtype=dtype)
-        data = self._file()["features"]
+        data = self._features_data()
         for start in tqdm(range(0, len(self), CACHE_BLOCK), desc="cache features", unit="block", leave=False):
             stop = min(start + CACHE_BLOCK, len(self))
             cache[start:stop] = torch.from_numpy(data[start:stop])
@@ -285,5 +287,6 @@ class FeatureStore:
         # a spawned worker receives no open HDF5 handle; it opens its own
         state = self.__dict__.copy()
         state["_h5"] = None
+        state["_data"] = None
         state["_pid"] = None
         return state

@@ -6,11 +6,36 @@ import contextlib
 import json
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 from vqa_cp.errors import VQAError
+
+_TEMP_SUFFIX = ".tmp"
+
+
+def _temp_prefix(path: Path) -> str:
+    """Temporaries of `path` are named .{name}.XXXXXXXX.tmp beside it."""
+    return f".{path.name}."
+
+
+def remove_stale_temps(path: Path) -> None:
+    """Delete temporaries that an interrupted atomic write of `path` left behind."""
+    if path.parent.is_dir():
+        for stale in path.parent.glob(f"{_temp_prefix(path)}*{_TEMP_SUFFIX}"):
+            stale.unlink()
+
+
+def is_up_to_date(outputs: Sequence[Path], inputs: Sequence[Path]) -> bool:
+    """True when every output exists and is not older than any input.
+
+    Equal times count as up to date: file systems stamp with a coarse clock, so an output written
+    right after its input (dictionary.json, then the GloVe init) may carry the same time.
+    """
+    if not all(p.is_file() for p in outputs):
+        return False
+    return min(p.stat().st_mtime_ns for p in outputs) >= max(p.stat().st_mtime_ns for p in inputs)
 
 
 @contextlib.contextmanager
@@ -21,7 +46,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(path), suffix=_TEMP_SUFFIX, dir=path.parent)
     os.close(fd)
     umask = os.umask(0)
     os.umask(umask)

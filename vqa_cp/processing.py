@@ -14,7 +14,7 @@ import numpy as np
 from tqdm import tqdm
 
 from vqa_cp.errors import VQAError
-from vqa_cp.files import atomic_path, load_json, write_json
+from vqa_cp.files import atomic_path, is_up_to_date, load_json, remove_stale_temps, write_json
 from vqa_cp.text import MAX_QUESTION_LENGTH, Dictionary, normalize_answer
 
 DATASETS = ("cp", "v2")
@@ -56,24 +56,6 @@ def dataset_outputs(data_dir: str | os.PathLike, dataset: str) -> list[Path]:
     files = [ANSWERS_FILE, QUESTION_TYPES_FILE, BIAS_FILE]
     files += [f"{split}.npz" for split in SPLITS] + [f"{split}_annotations.json" for split in SPLITS]
     return [out / name for name in files]
-
-
-def is_up_to_date(outputs: Sequence[Path], inputs: Sequence[Path]) -> bool:
-    """True when every output exists and is not older than any input.
-
-    Equal times count as up to date: file systems stamp with a coarse clock, so an output written
-    right after its input (dictionary.json, then the GloVe init) may carry the same time.
-    """
-    if not all(p.is_file() for p in outputs):
-        return False
-    return min(p.stat().st_mtime_ns for p in outputs) >= max(p.stat().st_mtime_ns for p in inputs)
-
-
-def remove_stale_temps(path: Path) -> None:
-    """Delete temporaries that an interrupted atomic write of `path` left behind (`.name.*.tmp`)."""
-    if path.parent.is_dir():
-        for stale in path.parent.glob(f".{path.name}.*.tmp"):
-            stale.unlink()
 
 
 # ----------------------------------------------------------------------------------------- raw json
