@@ -24,7 +24,7 @@ DEFAULT_ENTROPY_PENALTY = 0.36
 SMOOTH_INIT = -1.0
 
 
-def _wide(x: Tensor) -> Tensor:
+def widen(x: Tensor) -> Tensor:
     """x in float32, or wider if it already is (float64 stays float64 for gradcheck)."""
     return x.to(torch.promote_types(x.dtype, torch.float32))
 
@@ -39,7 +39,7 @@ class PlainBCE(nn.Module):
     """none: L = (1/B) sum_b sum_a BCE(z_ba, y_ba) -- binary cross-entropy summed over answers."""
 
     def forward(self, joint: Tensor, logits: Tensor, bias: Tensor, target: Tensor) -> Tensor:
-        z = _wide(logits)
+        z = widen(logits)
         return F.binary_cross_entropy_with_logits(z, target.to(z.dtype), reduction="sum") / z.shape[0]
 
 
@@ -47,7 +47,7 @@ class Reweight(nn.Module):
     """reweight: L = sum (1 - b) * BCE(z, y) / sum (1 - b) (elementwise weights, all entries)."""
 
     def forward(self, joint: Tensor, logits: Tensor, bias: Tensor, target: Tensor) -> Tensor:
-        z = _wide(logits)
+        z = widen(logits)
         weights = 1 - bias.to(z.dtype)
         bce = F.binary_cross_entropy_with_logits(z, target.to(z.dtype), reduction="none")
         return (weights * bce).sum() / weights.sum()
@@ -61,9 +61,9 @@ class BiasProduct(nn.Module):
         self.smooth_param = nn.Parameter(torch.full((1,), smooth_init))
 
     def forward(self, joint: Tensor, logits: Tensor, bias: Tensor, target: Tensor) -> Tensor:
-        z = _wide(logits)
+        z = widen(logits)
         b = bias.to(z.dtype)
-        s = torch.sigmoid(_wide(self.smooth_param))
+        s = torch.sigmoid(widen(self.smooth_param))
         return _renormalised_bce(F.logsigmoid(z) + torch.log(b + s), F.logsigmoid(-z) + torch.log(1 - b + s),
                                  target.to(z.dtype))
 
@@ -88,10 +88,10 @@ class LearnedMixin(nn.Module):
 
     def terms(self, joint: Tensor, logits: Tensor, bias: Tensor, target: Tensor) -> dict[str, Tensor]:
         """The two parts of the loss: {"task_loss": BCE(p, y), "entropy_penalty": w * H} (w = 0: no entry)."""
-        z = _wide(logits)
+        z = widen(logits)
         b = bias.to(z.dtype)
-        g = F.softplus(_wide(self.bias_lin(joint)))
-        s = torch.sigmoid(_wide(self.smooth_param))
+        g = F.softplus(widen(self.bias_lin(joint)))
+        s = torch.sigmoid(widen(self.smooth_param))
         bias_1, bias_0 = g * torch.log(b + s), g * torch.log(1 - b + s)
         parts = {"task_loss": _renormalised_bce(F.logsigmoid(z) + bias_1, F.logsigmoid(-z) + bias_0,
                                                 target.to(z.dtype))}

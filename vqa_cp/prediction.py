@@ -111,8 +111,6 @@ def information_scores(loaded: ModelForData, dataset: VQADataset, params: RegPar
         with torch.no_grad():
             q_emb, v_emb = model.trunk(v, q)
             logits, _ = model.head(q_emb, v_emb)
-        q_emb.requires_grad_(True)
-        v_emb.requires_grad_(True)
         out = information_regularizer(model.head, [q_emb, v_emb], logits, params)
         totals += out.scores.detach().double().cpu() * v.shape[0]
         count += v.shape[0]

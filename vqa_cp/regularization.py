@@ -36,6 +36,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from vqa_cp.errors import VQAError
+from vqa_cp.losses import widen
 
 ESTIMATIONS = ("ent", "var", "dif_ent")
 OPTIM_METHODS = ("max_ent", "min_ent", "max_ent_minus")
@@ -119,7 +120,7 @@ class Perturbation:
             total, mean = stats[-1], stats[:feats] / stats[-1]
             var = (stats[feats:2 * feats] / total - mean.square()).clamp(min=0)
             count = total * n_samples
-            if count < 2:
+            if rows * n_samples < 2 and count < 2:  # (the host-side test first: no sync when it cannot fail)
                 raise VQAError("perturbation noise: the std over the batch needs at least 2 rows")
             return (var * (count / (count - 1))).sqrt().to(x.dtype).reshape(1, 1, *x.shape[1:])
         if dim == 0:
@@ -247,11 +248,6 @@ class RegOutput:
     floored: Tensor
 
 
-def _wide(x: Tensor) -> Tensor:
-    """x in float32, or wider if it already is (float64 stays float64 for gradcheck)."""
-    return x.to(torch.promote_types(x.dtype, torch.float32))
-
-
 def _first(output: Tensor | Sequence[Tensor]) -> Tensor:
     return output if isinstance(output, Tensor) else output[0]
 
@@ -267,12 +263,12 @@ def _global_batch_norm(grads: Sequence[Tensor], inf_loss: Tensor, estimation: st
                        world_size: int) -> Tensor:
     """get_batch_norm of the global batch from each rank's gradients of its own (mean) influence loss."""
     rows = grads[0].shape[0]
-    sq_sum = all_reduce(torch.stack([_wide(g).reshape(rows, -1).square().sum() for g in grads]))
+    sq = torch.stack([widen(g).reshape(rows, -1).square().sum() for g in grads])
     if estimation == "ent":
-        loss_sum = all_reduce(inf_loss.reshape(1))
-        return sq_sum / (world_size**2 * rows * loss_sum)
+        summed = all_reduce(torch.cat([sq, inf_loss.reshape(1).to(sq.dtype)]))  # one collective
+        return summed[:-1] / (world_size**2 * rows * summed[-1:])
     if estimation == "var":
-        return sq_sum / (world_size**3 * rows)
+        return all_reduce(sq) / (world_size**3 * rows)
     raise VQAError(f"estimation {estimation!r} has no gradient score; use 'ent' or 'var'")
 
 
@@ -318,32 +314,32 @@ def information_regularizer(head: Callable[..., Tensor | Sequence[Tensor]], inpu
     device = logits.device.type
 
     def perturb(m: int, x: Tensor) -> Tensor:
-        return Perturbation.perturb_tensor(_wide(x), n, dim=params.noise_dim,
+        return Perturbation.perturb_tensor(widen(x), n, dim=params.noise_dim,
                                            noise=None if noise is None else noise[m], all_reduce=all_reduce,
                                            std_grad=legacy)
 
     with torch.autocast(device, enabled=False):
-        expanded = Perturbation.get_expanded_logits(_wide(logits), params.n_samples)
+        expanded = Perturbation.get_expanded_logits(widen(logits), params.n_samples)
     if params.grad:
         perturbed = [perturb(m, x) for m, x in enumerate(inputs)]
         out = _first(head(*perturbed))
         with torch.autocast(device, enabled=False):
-            inf_loss = _influence_loss(_wide(out), expanded, legacy, "mean")
+            inf_loss = _influence_loss(widen(out), expanded, legacy, "mean")
             # a modality the head ignores gets a zero gradient (score 0), not an error
             grads = torch.autograd.grad(inf_loss, perturbed, create_graph=True, allow_unused=True,
                                         materialize_grads=True)
             if all_reduce is None:
-                scores = torch.stack([Regularization.get_batch_norm(_wide(g), inf_loss, params.estimation)
+                scores = torch.stack([Regularization.get_batch_norm(widen(g), inf_loss, params.estimation)
                                       for g in grads])
             else:
                 scores = _global_batch_norm(grads, inf_loss, params.estimation, all_reduce, world_size)
     else:
         stats = []
         for m in range(len(inputs)):
-            probe = [perturb(k, x) if k == m else Perturbation.repeat(_wide(x), n) for k, x in enumerate(inputs)]
+            probe = [perturb(k, x) if k == m else Perturbation.repeat(widen(x), n) for k, x in enumerate(inputs)]
             out = _first(head(*probe))
             with torch.autocast(device, enabled=False):
-                per_row = _influence_loss(_wide(out), expanded, legacy, "none").mean(dim=1)
+                per_row = _influence_loss(widen(out), expanded, legacy, "none").mean(dim=1)
                 stats.append(Regularization.get_batch_statistics(per_row, params.n_samples,
                                                                  params.estimation))
         scores = torch.stack(stats)

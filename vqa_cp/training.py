@@ -205,10 +205,10 @@ class Objective(nn.Module):
                 ) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
         q_emb, v_emb = self.model.trunk(v, q)
         logits, joint = self.model.head(q_emb, v_emb)
-        if isinstance(self.loss_fn, LearnedMixin):
-            parts = self.loss_fn.terms(joint.float(), logits.float(), bias, target)
+        if isinstance(self.loss_fn, LearnedMixin):  # the losses compute in float32 whatever the autocast
+            parts = self.loss_fn.terms(joint, logits, bias, target)
         else:
-            parts = {"task_loss": self.loss_fn(joint.float(), logits.float(), bias, target)}
+            parts = {"task_loss": self.loss_fn(joint, logits, bias, target)}
         loss = sum(parts.values())
         if self.reg.lambda_ > 0:
             # legacy: the published code's second trunk pass over the same batch (fresh dropout masks)
@@ -222,7 +222,7 @@ class Objective(nn.Module):
             parts["reg_term"] = out.term
             parts["score_q"] = out.scores[0]
             parts["score_v"] = out.scores[1]
-            parts["floored"] = torch.as_tensor(float(out.floored))
+            parts["floored"] = out.floored.float()
         return loss, logits, parts
 
 
@@ -241,14 +241,14 @@ def train_step(train_model: nn.Module, optimizer: torch.optim.Optimizer,
     """One optimisation step of the objective (possibly DDP-wrapped): forward, backward, clip, Adamax.
 
     Weight-normalised matrices are computed once per step (parametrize.cached): the regulariser calls
-    the head a second time. Raises NonFiniteLoss before touching the parameters.
+    the head a second time. Raises NonFiniteLoss before touching the parameters (one host sync).
     """
     v, q, target, bias = batch
     with parametrize.cached():
         with torch.autocast(v.device.type, dtype=torch.bfloat16, enabled=amp):
             loss, logits, parts = train_model(v, q, target, bias, step_id)
-        bad = [name for name, value in parts.items() if not torch.isfinite(value).all()]
-        if bad or not torch.isfinite(loss):
+        if not torch.isfinite(torch.cat([t.detach().reshape(-1).float() for t in (loss, *parts.values())])).all():
+            bad = [name for name, value in parts.items() if not torch.isfinite(value).all()]
             raise NonFiniteLoss(", ".join(TERM_NAMES.get(b, b) for b in bad) or "total loss")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -515,12 +515,16 @@ def _train(args: argparse.Namespace, resume_path: Path | None, resume_ckpt: dict
             step += 1
             global_step += 1
             b = target.shape[0]
-            sums["loss"] += loss.item() * b
-            sums["score"] += soft_scores(logits.detach().float(), target).sum().item()
+            # one host sync for the step's figures
+            batch_loss, batch_score, *part_values = torch.stack(
+                [loss.float(), soft_scores(logits.float(), target).sum(),
+                 *(value.detach().float() for value in parts.values())]).tolist()
+            sums["loss"] += batch_loss * b
+            sums["score"] += batch_score
             sums["n"] += b
-            for name, value in parts.items():
+            for name, value in zip(parts, part_values):
                 weight = 1 if name == "floored" else b  # floored is a count, the rest batch means
-                part_sums[name] = part_sums.get(name, 0.0) + float(value.detach()) * weight
+                part_sums[name] = part_sums.get(name, 0.0) + value * weight
             bar.set_postfix(loss=f"{sums['loss'] / sums['n']:.3f}", score=f"{100 * sums['score'] / sums['n']:.1f}")
             if args.checkpoint_every and step % args.checkpoint_every == 0:
                 checkpoint(epoch, step)
