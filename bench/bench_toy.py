@@ -18,7 +18,6 @@ processing, learned-mixin +H + regulariser training): wall time and the median e
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import resource
 import shlex
@@ -34,13 +33,14 @@ from typing import Any
 
 from tqdm import tqdm
 
+from vqa_cp.comparison import LMH_ENTROPY_PENALTY
 from vqa_cp.errors import VQAError, run_cli
-from vqa_cp.files import write_text
+from vqa_cp.files import load_json, write_text
+from vqa_cp.processing import ANSWER_TYPES
 from vqa_cp.toy import ToyConfig, ensure_toy_data
 
 ROOT = Path(__file__).resolve().parent.parent
 MAIN = ROOT / "main.py"
-ANSWER_TYPES = ("yes/no", "number", "other")
 
 
 @dataclass(frozen=True)
@@ -57,7 +57,7 @@ class Variant:
 
 def variants(regs: list[tuple[str, str]]) -> list[Variant]:
     """Baseline on VQA v2 and VQA-CP, learned-mixin +H, and + regulariser per (lambda, estimation)."""
-    lmh = ("--mode", "learned_mixin", "-p", "0.36")
+    lmh = ("--mode", "learned_mixin", "-p", str(LMH_ENTROPY_PENALTY))
     rows = [Variant("VQA v2 (--nocp), mode none", ("--nocp", "--mode", "none", "--inf_lambda", "0")),
             Variant("VQA-CP, mode none", ("--mode", "none", "--inf_lambda", "0")),
             Variant("VQA-CP, learned-mixin +H", (*lmh, "--inf_lambda", "0"))]
@@ -99,8 +99,7 @@ def train(data: Path, out: Path, seed: int, flags: list[str], env: dict[str, str
     if proc.returncode != 0:
         tail = proc.stderr.strip().splitlines()[-1:] or ["(no output)"]
         raise VQAError(f"training failed ({shlex.join(cmd)}): {tail[0]}")
-    with open(out / "results.json", encoding="utf-8") as f:
-        return json.load(f)
+    return load_json(out / "results.json", "run results")
 
 
 def mean_std(values: list[float]) -> str:
@@ -144,8 +143,7 @@ def time_main_toy(work: Path, flags: list[str], env: dict[str, str]) -> tuple[fl
     cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
     if proc.returncode != 0:
         raise VQAError(f"timing run failed ({shlex.join(cmd)}): {proc.stderr.strip().splitlines()[-1:]}")
-    with open(out / "results.json", encoding="utf-8") as f:
-        history = json.load(f)["history"]
+    history = load_json(out / "results.json", "run results")["history"]
     return wall, cpu, [h["seconds"] for h in history]
 
 

@@ -44,6 +44,20 @@ def test_plain_pickle_lists_are_read(tmp_path):
     assert ckpts.read_reference_answers(answers) == ["no", "yes", "2"]
 
 
+def test_our_json_lists_are_read_and_malformed_ones_named(tmp_path):
+    words, answers = tmp_path / "dictionary.json", tmp_path / "answers.json"
+    words.write_text('{"words": ["what", "color"]}')
+    answers.write_text('{"answers": ["no", "yes"]}')
+    assert ckpts.read_reference_words(words) == ["what", "color"]
+    assert ckpts.read_reference_answers(answers) == ["no", "yes"]
+    words.write_text('["what", "color"]')
+    with pytest.raises(VQAError, match=r'dictionary\.json: expected \{"words": \[\.\.\.\]\}'):
+        ckpts.read_reference_words(words)
+    answers.write_text('{"answers": ["no", 3]}')
+    with pytest.raises(VQAError, match=r"answers\.json: the answer list holds non-strings"):
+        ckpts.read_reference_answers(answers)
+
+
 def test_truncated_checkpoint_falls_back_to_previous(tmp_path):
     state = {"version": ckpts.CHECKPOINT_VERSION, "model": {"w": torch.arange(1000.0)}, "epoch": 1, "step": 0}
     ckpts.save_checkpoint(tmp_path / ckpts.checkpoint_name(1, 0), state)

@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
-from vqa_cp.text import MAX_QUESTION_LENGTH, Dictionary, normalize_answer, normalize_official, tokenize
+from vqa_cp.text import (
+    MAX_QUESTION_LENGTH,
+    Dictionary,
+    normalize_answer,
+    normalize_official,
+    process_digit_article,
+    process_punctuation,
+    tokenize,
+)
 
 
 def test_tokenize_lowers_drops_comma_and_question_mark_and_splits_possessive():
@@ -56,3 +64,9 @@ def test_normalize_answer_also_removes_commas():
     assert normalize_answer("Ten") == "10"
     for text in ["red,white", "red, white", "1,000", ",", "a , b,c"]:
         assert "," not in normalize_answer(text)
+
+
+
+def test_normalize_official_shortcut_equals_both_steps_in_full():
+    for text in ["red", "t-shirt -", "1,000", "x" + "." * 40, "Two dogs", "dont", "a", "2.5", "yes!", "", "a b"]:
+        assert normalize_official(text) == process_digit_article(process_punctuation(text)), text

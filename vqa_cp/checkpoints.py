@@ -159,17 +159,26 @@ def load_plain_pickle(path: str | os.PathLike, what: str) -> Any:
         raise VQAError(f"{path}: unreadable or truncated pickle ({exc})") from None
 
 
+def _json_list(path: str | os.PathLike, key: str, what: str) -> list:
+    """The list under `key` of a JSON object file (our dictionary.json / answers.json)."""
+    data = load_json(path, what)
+    if not isinstance(data, dict) or not isinstance(data.get(key), list):
+        raise VQAError(f"{path}: expected {{\"{key}\": [...]}}")
+    return data[key]
+
+
 def read_reference_words(path: str | os.PathLike) -> list[str]:
     """Words of a reference dictionary.pkl ([word2idx, idx2word]) or of our dictionary.json."""
     if str(path).endswith(".json"):
-        return list(load_json(path, "dictionary file")["words"])
-    obj = load_plain_pickle(path, "dictionary file")
-    if isinstance(obj, list | tuple) and len(obj) == 2 and isinstance(obj[1], list):
-        words = obj[1]
-    elif isinstance(obj, dict):
-        words = [w for w, _ in sorted(obj.items(), key=lambda kv: kv[1])]
+        words = _json_list(path, "words", "dictionary file")
     else:
-        raise VQAError(f"{path}: expected [word2idx, idx2word] or a word->id dict")
+        obj = load_plain_pickle(path, "dictionary file")
+        if isinstance(obj, list | tuple) and len(obj) == 2 and isinstance(obj[1], list):
+            words = obj[1]
+        elif isinstance(obj, dict):
+            words = [w for w, _ in sorted(obj.items(), key=lambda kv: kv[1])]
+        else:
+            raise VQAError(f"{path}: expected [word2idx, idx2word] or a word->id dict")
     if not all(isinstance(w, str) for w in words):
         raise VQAError(f"{path}: the word list holds non-strings")
     return list(words)
@@ -178,14 +187,15 @@ def read_reference_words(path: str | os.PathLike) -> list[str]:
 def read_reference_answers(path: str | os.PathLike) -> list[str]:
     """Answers of a reference trainval_label2ans.pkl (list) / ans2label.pkl (dict) or our answers.json."""
     if str(path).endswith(".json"):
-        return list(load_json(path, "answers file")["answers"])
-    obj = load_plain_pickle(path, "answers file")
-    if isinstance(obj, dict):
-        answers = [a for a, _ in sorted(obj.items(), key=lambda kv: kv[1])]
-    elif isinstance(obj, list):
-        answers = obj
+        answers = _json_list(path, "answers", "answers file")
     else:
-        raise VQAError(f"{path}: expected a label->answer list or an answer->label dict")
+        obj = load_plain_pickle(path, "answers file")
+        if isinstance(obj, dict):
+            answers = [a for a, _ in sorted(obj.items(), key=lambda kv: kv[1])]
+        elif isinstance(obj, list):
+            answers = obj
+        else:
+            raise VQAError(f"{path}: expected a label->answer list or an answer->label dict")
     if not all(isinstance(a, str) for a in answers):
         raise VQAError(f"{path}: the answer list holds non-strings")
     return list(answers)

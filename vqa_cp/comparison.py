@@ -34,6 +34,7 @@ from vqa_cp.checkpoints import list_checkpoints
 from vqa_cp.dataset import EVAL_NAMES
 from vqa_cp.errors import VQAError
 from vqa_cp.files import atomic_path, load_json, write_json, write_text
+from vqa_cp.losses import DEFAULT_ENTROPY_PENALTY
 from vqa_cp.processing import ANSWER_TYPES, ANSWERS_FILE, DATASETS, DICTIONARY_FILE, processed_dir
 from vqa_cp.toy import ensure_toy_data
 from vqa_cp.training import MODES, TOY_DEFAULTS, build_parser, parse_args
@@ -41,7 +42,7 @@ from vqa_cp.training import MODES, TOY_DEFAULTS, build_parser, parse_args
 MAIN_SCRIPT = Path(__file__).resolve().parent.parent / "main.py"
 REG_SUFFIX = "+reg"
 DEFAULT_METHODS = ("none", "learned_mixin", "learned_mixin+reg")
-LMH_ENTROPY_PENALTY = 0.36
+LMH_ENTROPY_PENALTY = DEFAULT_ENTROPY_PENALTY
 REAL_INF_LAMBDA = 1e-10  # the published VQA-CP command's lambda
 COLUMNS = ("overall", *ANSWER_TYPES)
 SCORES = ("score_q", "score_v")

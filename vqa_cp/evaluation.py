@@ -31,15 +31,14 @@ import numpy as np
 
 from vqa_cp.errors import VQAError
 from vqa_cp.files import load_json, write_json
-from vqa_cp.text import PUNCTUATION, clean_whitespace, process_digit_article, process_punctuation
+from vqa_cp.processing import ANSWER_TYPES
+from vqa_cp.text import clean_whitespace, normalize_official
 
 PRECISION = 2
 MATCHES_FOR_FULL_CREDIT = 3
-ANSWER_TYPES = ("yes/no", "number", "other")
 RESULT_FILES = ("accuracy.json", "evalQA.json", "evalQuesType.json", "evalAnsType.json")
 _PREVIEW = 5
 _NO_ANSWER_ID = object()
-_MARKS = frozenset([*PUNCTUATION, "."])
 _PATTERN_BITS = 56  # widest answer list whose match pattern and length pack into one int64
 _get_answer = itemgetter("answer")
 _get_answer_id = methodcaller("get", "answer_id", _NO_ANSWER_ID)
@@ -53,13 +52,6 @@ def _preview(items: Sequence[Any]) -> str:
 
 def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
-
-
-def normalise(text: str) -> str:
-    """vqa_cp.text.normalize_official, skipping the punctuation step when the text has no mark to act on."""
-    if _MARKS.isdisjoint(text):
-        return process_digit_article(text)
-    return process_digit_article(process_punctuation(text))
 
 
 def leave_one_out_accuracy(match_counts: Sequence[int]) -> float:
@@ -152,7 +144,7 @@ class GroundTruth:
         normalised_ids = np.full(len(raw_strings), -1, dtype=np.int64)
         needed = np.unique(raw[differ_rows]).tolist()
         vocabulary = self.vocabulary
-        normalised_ids[needed] = [vocabulary.setdefault(normalise(cleaned[i]), len(vocabulary))
+        normalised_ids[needed] = [vocabulary.setdefault(normalize_official(cleaned[i]), len(vocabulary))
                                   for i in needed]
         self.processed_ids = np.where(differ_rows, normalised_ids[safe_raw], processed)
         self.question_type_rows = _rows_by_value(self.question_types)
@@ -242,7 +234,7 @@ def _check_columns(question_ids: Sequence[Any], lengths: np.ndarray, answer_type
         raise VQAError(f"{source}: {_preview(bad)} question ids are not integers")
     if len(set(question_ids)) != n:
         raise VQAError(f"{source}: duplicate question_id, {_preview(_duplicates(question_ids))} ids")
-    if n and lengths.min() == 0:
+    if lengths.min() == 0:  # (n > 0 here)
         empty = [question_ids[q] for q in np.flatnonzero(lengths == 0).tolist()]
         raise VQAError(f"{source}: no ground-truth answers for {_preview(empty)} questions")
     if set(map(type, answer_types)) - {str} or set(map(type, question_types)) - {str}:
@@ -343,7 +335,7 @@ def question_accuracies(ground_truth: GroundTruth, predictions: Mapping[int, str
     which = np.fromiter(map(index.__getitem__, raw), dtype=np.int64, count=len(raw))
     normalised_ids = np.full(len(distinct), -2, dtype=np.int64)
     needed = np.unique(which[gt.normalise_prediction]).tolist()
-    normalised_ids[needed] = [gt.vocabulary.get(normalise(cleaned[i]), -2) for i in needed]
+    normalised_ids[needed] = [gt.vocabulary.get(normalize_official(cleaned[i]), -2) for i in needed]
     prediction = np.where(gt.normalise_prediction, normalised_ids[which], cleaned_ids[which])
 
     matches = gt.processed_ids == prediction[:, None]
@@ -451,8 +443,9 @@ def load_ground_truth(questions_path: str | os.PathLike, annotations_path: str |
     return ground_truth
 
 
-def load_results(path: str | os.PathLike, ground_truth: GroundTruth) -> dict[int, str]:
-    """A results file [{"question_id": int, "answer": str}, ...] covering exactly the ground truth."""
+def load_results(path: str | os.PathLike) -> dict[int, str]:
+    """A results file [{"question_id": int, "answer": str}, ...] as {question_id: answer}; that it covers
+    exactly the ground truth's questions is checked when it is scored (check_predictions)."""
     entries = load_json(path, "results file")
     if not isinstance(entries, list):
         raise VQAError(f"{path}: expected a JSON list of {{question_id, answer}} objects, "
@@ -461,16 +454,14 @@ def load_results(path: str | os.PathLike, ground_truth: GroundTruth) -> dict[int
     duplicates = _duplicates(e["question_id"] for e in entries)
     if duplicates:
         raise VQAError(f"{path}: duplicate question_id, {_preview(duplicates)} ids")
-    predictions = {e["question_id"]: e["answer"] for e in entries}
-    check_predictions(predictions, ground_truth.question_ids, str(path))
-    return predictions
+    return {e["question_id"]: e["answer"] for e in entries}
 
 
 def evaluate_files(questions_path: str | os.PathLike, annotations_path: str | os.PathLike,
                    results_path: str | os.PathLike) -> EvalResult:
     """Official accuracy of a results file against a question file and its annotation file."""
     ground_truth = load_ground_truth(questions_path, annotations_path)
-    return official_accuracy(ground_truth, load_results(results_path, ground_truth), str(results_path))
+    return official_accuracy(ground_truth, load_results(results_path), str(results_path))
 
 
 def format_table(result: EvalResult) -> str:

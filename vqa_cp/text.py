@@ -19,6 +19,7 @@ NUMBER_WORDS = {"none": "0", "zero": "0", "one": "1", "two": "2", "three": "3", 
                 "six": "6", "seven": "7", "eight": "8", "nine": "9", "ten": "10"}
 ARTICLES = frozenset({"a", "an", "the"})
 MAX_PERIODS_REMOVED = 32
+_MARKS = frozenset([*PUNCTUATION, "."])
 _COMMA_BETWEEN_DIGITS = re.compile(r"(\d)(,)(\d)")
 # The official pattern is "(?!<=\d)(\.)(?!\d)": its first group is a (mistyped) look-ahead that never
 # matches "<=digit" before a period, so in effect it removes every period not followed by a digit.
@@ -58,8 +59,9 @@ def process_digit_article(text: str) -> str:
 
 @lru_cache(maxsize=1 << 20)
 def normalize_official(text: str) -> str:
-    """Punctuation then digit/article processing, as the official evaluator applies them."""
-    return process_digit_article(process_punctuation(text))
+    """Punctuation then digit/article processing, as the official evaluator applies them (the
+    punctuation step is skipped for text without a mark it acts on: it would return the text as is)."""
+    return process_digit_article(text if _MARKS.isdisjoint(text) else process_punctuation(text))
 
 
 def normalize_answer(answer: str) -> str:
