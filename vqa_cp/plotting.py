@@ -386,11 +386,11 @@ def visualize(checkpoint: str | os.PathLike, data_dir: str | os.PathLike, out_di
     Background: the COCO photo with images_dir, else the toy scene when DATA/toy_scenes.json exists,
     else a blank canvas of the image's size.
     """
+    if top < 1:
+        raise VQAError(f"--top must be at least 1, got {top}")
     data_dir, out_dir = Path(data_dir), Path(out_dir)
     loaded = load_model_for_data(checkpoint, data_dir, nocp=nocp)
     dataset = open_split(data_dir, split, nocp)
-    if top < 1:
-        raise VQAError(f"--top must be at least 1, got {top}")
     if not 1 <= n <= len(dataset):
         raise VQAError(f"--n must be in 1..{len(dataset)} (questions in the {split} split), got {n}")
     picks = np.random.default_rng(seed).choice(len(dataset), size=n, replace=False)
