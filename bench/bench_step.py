@@ -151,7 +151,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--answers", type=int, default=2000)
     p.add_argument("--ntoken", type=int, default=20000)
     p.add_argument("--n_samples", type=int, default=3)
-    p.add_argument("--amp", action="store_true", help="bfloat16 autocast, as main.py --amp")
+    p.add_argument("--amp", action="store_true", help="bfloat16 autocast, as main.py --amp bf16")
     args = p.parse_args()
     args.steps = args.steps or (3 if args.quick else 7)
     return args
