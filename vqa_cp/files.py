@@ -60,6 +60,18 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
             tmp_path.unlink()
 
 
+@contextlib.contextmanager
+def atomic_paths(paths: Sequence[str | os.PathLike]) -> Iterator[list[Path]]:
+    """Temporaries for several files written as one set: all are renamed into place only after the block
+    has written every one of them, so a failure while writing (a full disk) leaves the previous set whole.
+    """
+    stack = contextlib.ExitStack()
+    with stack:
+        temps = [stack.enter_context(atomic_path(p)) for p in paths]
+        yield temps
+    # ExitStack renames in reverse order, each only once the block and every write have succeeded
+
+
 def write_json(path: str | os.PathLike, obj: Any, indent: int | None = None) -> None:
     """Write `obj` as JSON to `path` atomically."""
     with atomic_path(path) as tmp:
