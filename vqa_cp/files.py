@@ -45,19 +45,34 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     An interrupted or failed write leaves `path` as it was (absent or the previous complete file).
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(path), suffix=_TEMP_SUFFIX, dir=path.parent)
+    with _naming(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(path), suffix=_TEMP_SUFFIX, dir=path.parent)
     os.close(fd)
     umask = os.umask(0)
     os.umask(umask)
     os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the file the permissions open() would
     tmp_path = Path(tmp)
     try:
-        yield tmp_path
-        os.replace(tmp_path, path)
+        with _naming(path):
+            yield tmp_path
+            os.replace(tmp_path, path)
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+@contextlib.contextmanager
+def _naming(path: Path) -> Iterator[None]:
+    """Give an OSError that names no file, or only our temporary, the name of the file being written
+    (a full disk raises ENOSPC from a write that names no file)."""
+    try:
+        yield
+    except OSError as exc:
+        name = None if exc.filename is None else Path(exc.filename)
+        if name is not None and not (name.parent == path.parent and name.name.startswith(_temp_prefix(path))):
+            raise
+        raise type(exc)(exc.errno, exc.strerror or str(exc), str(path)) from exc
 
 
 @contextlib.contextmanager
