@@ -27,17 +27,6 @@ def remove_stale_temps(path: Path) -> None:
             stale.unlink()
 
 
-def is_up_to_date(outputs: Sequence[Path], inputs: Sequence[Path]) -> bool:
-    """True when every output exists and is not older than any input.
-
-    Equal times count as up to date: file systems stamp with a coarse clock, so an output written
-    right after its input (dictionary.json, then the GloVe init) may carry the same time.
-    """
-    if not all(p.is_file() for p in outputs):
-        return False
-    return min(p.stat().st_mtime_ns for p in outputs) >= max(p.stat().st_mtime_ns for p in inputs)
-
-
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside `path`; rename it onto `path` only if the block succeeds.
