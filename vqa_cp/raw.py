@@ -111,8 +111,7 @@ def _describe(path: Path, what: str, exc: msgspec.ValidationError) -> str:
     field = entry["rest"].lstrip(".")
     missing = re.match(r"object missing required field (\S+)", message)
     if missing:
-        target = f"{field}: " if field else ""
-        return f"{path}: {label}: {target}missing field '{missing[1]}'"
+        return f"{path}: {label}: missing field '{field + '.' if field else ''}{missing[1]}'"
     if not field:
         return f"{path}: {label}: {message}"
     return f"{path}: {label}: field '{field}': {message}"
