@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable
 from pathlib import Path
 
@@ -126,5 +127,6 @@ def test_process_sh_one_line(tmp_path: Path, name: str, change, message: str) ->
     path.write_text(json.dumps(entries))
     result = run_process(tmp_path, "--min-count", "1")
     assert result.returncode == 2 and "Traceback" not in result.stderr
-    (line,) = result.stderr.strip().splitlines()
-    assert line.startswith("error: ") and __import__("re").search(message + "$", line), line
+    lines = result.stderr.replace("\r", "\n").splitlines()  # progress bars end with carriage returns
+    (line,) = [x for x in lines if x.startswith("error")]
+    assert re.search(message + "$", line) and line == lines[-1], line
