@@ -51,16 +51,13 @@ def dense(ptr: np.ndarray, label: np.ndarray, score: np.ndarray, num_answers: in
 
 
 def snapshot(processed: Path) -> dict[str, object]:
-    """Contents of every processed file but the digest cache (which holds inode numbers); h5 as arrays."""
+    """Bytes of every processed file but the digest cache (which holds inode numbers); h5 as arrays."""
     out: dict[str, object] = {}
     for path in sorted(processed.rglob("*")):
         if not path.is_file() or path.name == "digests.json":
             continue
         key = str(path.relative_to(processed))
-        if path.suffix == ".npz":
-            with np.load(path, allow_pickle=False) as npz:
-                out[key] = {k: npz[k].tolist() for k in npz.files}
-        elif path.suffix == ".h5":
+        if path.suffix == ".h5":
             with h5py.File(path, "r") as h5:
                 out[key] = {k: (str(h5[k].dtype), h5[k][:].tolist()) for k in h5}
         else:
