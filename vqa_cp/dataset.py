@@ -25,7 +25,7 @@ from vqa_cp.processing import (
     load_dictionary,
     processed_dir,
 )
-from vqa_cp.records import RECORD_FILE, DigestCache, check_record_file, output_problem, record_path
+from vqa_cp.provenance import RECORD_FILE, DigestCache, check_record_file, output_problem, record_path
 from vqa_cp.text import Dictionary
 
 ANNOTATION_COLUMNS = ("question_id", "question", "question_type", "answer_type", "answers",

@@ -21,7 +21,7 @@ from tqdm import tqdm
 from vqa_cp.errors import VQAError
 from vqa_cp.files import atomic_path, remove_stale_temps, write_json
 from vqa_cp.processing import processed_dir
-from vqa_cp.records import (
+from vqa_cp.provenance import (
     DigestCache,
     digest_cache,
     file_entry,

@@ -19,7 +19,7 @@ from tqdm import tqdm
 from vqa_cp import raw
 from vqa_cp.errors import VQAError
 from vqa_cp.files import atomic_path, load_json, remove_stale_temps, write_json
-from vqa_cp.records import (
+from vqa_cp.provenance import (
     RECORD_FILE,
     DigestCache,
     Summary,
