@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import tempfile
@@ -38,15 +39,33 @@ def is_up_to_date(outputs: Sequence[Path], inputs: Sequence[Path]) -> bool:
     return min(p.stat().st_mtime_ns for p in outputs) >= max(p.stat().st_mtime_ns for p in inputs)
 
 
+def _naming(exc: OSError, path: Path, tmp: str | None) -> OSError:
+    """`exc` naming `path` where it names the temporary `tmp` (or no file): `PATH: No space left on device`.
+    With `tmp` None every file name is taken for a temporary (mkstemp failed while naming one)."""
+    names_temp = tmp is None or exc.filename is None or str(exc.filename) == tmp
+    if exc.errno is None or not names_temp:
+        return exc
+    return type(exc)(exc.errno, exc.strerror, str(path))
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside `path`; rename it onto `path` only if the block succeeds.
 
-    An interrupted or failed write leaves `path` as it was (absent or the previous complete file).
+    An interrupted or failed write leaves `path` as it was (absent or the previous complete file). An
+    OSError while creating, writing or renaming the temporary names `path`, not the temporary.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(path), suffix=_TEMP_SUFFIX, dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        blocker = next(p for p in path.parents if p.exists())
+        raise NotADirectoryError(errno.ENOTDIR, f"{blocker} is a file, not a folder", str(path)) from None
+    tmp: str | None = None
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(path), suffix=_TEMP_SUFFIX, dir=path.parent)
+    except OSError as exc:
+        raise _naming(exc, path, tmp) from None
     os.close(fd)
     umask = os.umask(0)
     os.umask(umask)
@@ -55,9 +74,31 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     try:
         yield tmp_path
         os.replace(tmp_path, path)
+    except OSError as exc:
+        raise _naming(exc, path, tmp) from None
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+def check_output_file(path: str | os.PathLike, what: str = "output file") -> Path:
+    """Refuse, before any work, an output path that cannot be written: a folder, a path under a regular
+    file, or one in a folder where no file can be created (read-only mount, permissions)."""
+    path = Path(path)
+    if path.is_dir():
+        raise VQAError(f"{path}: is a folder; give a file name for the {what}")
+    folder = path.parent
+    while not folder.exists():
+        folder = folder.parent
+    if not folder.is_dir():
+        raise VQAError(f"{path}: cannot create the {what}: {folder} is a file, not a folder")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=_temp_prefix(path), suffix=_TEMP_SUFFIX, dir=folder)
+    except OSError as exc:
+        raise VQAError(f"{path}: cannot write the {what} in {folder}: {exc.strerror or exc}") from None
+    os.close(fd)
+    os.unlink(probe)
+    return path
 
 
 @contextlib.contextmanager
