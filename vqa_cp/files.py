@@ -39,13 +39,22 @@ def is_up_to_date(outputs: Sequence[Path], inputs: Sequence[Path]) -> bool:
     return min(p.stat().st_mtime_ns for p in outputs) >= max(p.stat().st_mtime_ns for p in inputs)
 
 
+# Errors of a write that names no file (f.write on a full disk): inside atomic_path they are the temporary's.
+_WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS}
+
+
 def _naming(exc: OSError, path: Path, tmp: str | None) -> OSError:
-    """`exc` naming `path` where it names the temporary `tmp` (or no file): `PATH: No space left on device`.
-    With `tmp` None every file name is taken for a temporary (mkstemp failed while naming one)."""
-    names_temp = tmp is None or exc.filename is None or str(exc.filename) == tmp
-    if exc.errno is None or not names_temp:
+    """`exc` naming `path` where it is about the temporary `tmp`: `PATH: No space left on device`.
+
+    With `tmp` None (mkstemp failed) the error is the temporary's; an error naming another file, or none
+    with an errno a write does not give (a read of an input file), is left as it is.
+    """
+    if exc.errno is None:
         return exc
-    return type(exc)(exc.errno, exc.strerror, str(path))
+    if tmp is None or (exc.filename is not None and str(exc.filename) == tmp) or (
+            exc.filename is None and exc.errno in _WRITE_ERRNOS):
+        return type(exc)(exc.errno, exc.strerror, str(path))
+    return exc
 
 
 @contextlib.contextmanager
