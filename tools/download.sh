@@ -21,13 +21,13 @@ Downloads go to NAME.part; an interrupted download resumes where it stopped when
 counts as fetched only when its size matches the server's Content-Length and it passes its check: a json
 must parse (python3), a zip must pass unzip -tq. One that fails (say an HTML error page served with 200)
 is moved aside to NAME.bad (replacing an older NAME.bad; never removed by the script) and downloaded
-afresh on the next run. A file whose
-final outputs are present is skipped, except a json in place that does not parse: it is moved to NAME.bad
-and fetched again. A zip is extracted into a temporary folder, its files moved into place, and only then
-removed. --data must be writable: that is checked before any download, and a local write failure (folder
-not writable, disk full) is reported on one line naming the cause, never retried. A file that fails to
-download is reported on one line; the others still download, and the script exits 1 at the end with the
-list of failures (2 for a usage error). The full set needs about 100 GB free.
+afresh on the next run. A file whose final outputs are present is skipped, except a json in place that
+does not parse: it is moved to NAME.bad and fetched again. A zip is extracted into a temporary folder,
+its files moved into place, and only then removed. --data must be writable: that is checked before any
+download, and a local write failure (folder not writable, disk full) is reported on one line naming the
+cause, never retried. A file that fails to download is reported on one line; the others still download,
+and the script exits 1 at the end with the list of failures (2 for a usage error). The full set needs
+about 100 GB free.
 
 options:
   --data DIR        destination folder (default: data)
