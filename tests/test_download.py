@@ -30,6 +30,7 @@ VQA2_ZIPS = {
 VQACP_FILES = [f"vqacp_v2_{s}_{k}.json" for s in ("train", "test") for k in ("questions", "annotations")]
 TSV = "trainval_36/trainval_resnet101_faster_rcnn_genome_36.tsv"
 GLOVE_FILES = ["glove.6B.50d.txt", "glove.6B.300d.txt"]
+HTML_PAGE = b"<html><head><title>Service Unavailable</title></head><body>The server is down.</body></html>\n"
 
 
 @dataclass
@@ -47,6 +48,7 @@ class Server:
     port: int = 0
     missing: set[str] = field(default_factory=set)  # paths answered with 404
     truncate: dict[str, int] = field(default_factory=dict)  # path -> GETs still to cut after half the body
+    html: set[str] = field(default_factory=set)  # paths answered 200 with an HTML error page instead
     log: list[Request] = field(default_factory=list)
 
     def url(self, path: str) -> str:
@@ -75,7 +77,7 @@ def make_handler(state: Server) -> type[BaseHTTPRequestHandler]:
             if self.path in state.missing or not path.is_file():
                 self.send_error(404)
                 return
-            data = path.read_bytes()
+            data = HTML_PAGE if self.path in state.html else path.read_bytes()
             start = 0
             range_header = self.headers.get("Range")
             if range_header is not None:
@@ -291,26 +293,52 @@ def test_dead_links_are_reported_and_the_rest_still_downloads(server: Server, tm
     assert not (data / TSV).exists() and not any((data / n).exists() for n in VQACP_FILES)
 
 
-def test_corrupt_zip_is_reported_and_kept(server: Server, tmp_path: Path) -> None:
+def test_corrupt_zip_is_moved_aside_and_refetched_next_run(server: Server, tmp_path: Path) -> None:
     data = tmp_path / "data"
     bad = "v2_Questions_Val_mscoco.zip"
+    good = (server.root / "vqa" / bad).read_bytes()
     garbage = b"PK\x03\x04 this is not really a zip archive"
     (server.root / "vqa" / bad).write_bytes(garbage)
     proc = run(server, data, "--only", "vqa2", "--min-free-gb", "0")
     assert proc.returncode == 1
     assert error_lines(proc)[0] == (
-        f"error: {bad}: corrupt zip (unzip -tq fails); kept {data}/{bad}: remove it and run again "
-        "to download it afresh"
+        f"error: {bad}: {server.url('/vqa/' + bad)} sent a bad file: corrupt zip (unzip -tq fails); moved to "
+        f"{data}/{bad}.bad, the next run downloads it afresh"
     )
-    assert (data / bad).read_bytes() == garbage
+    assert len(server.gets(f"/vqa/{bad}")) == 1  # a complete but bad file is not retried within the run
+    assert (data / f"{bad}.bad").read_bytes() == garbage
+    assert not (data / bad).exists() and not (data / f"{bad}.part").exists()
     assert not (data / VQA2_ZIPS[bad][0]).exists()
     assert (data / VQA2_ZIPS["v2_Questions_Train_mscoco.zip"][0]).exists()
     assert not (data / f".unzip-{bad}").exists()
+    assert "summary: 4 fetched, 0 already in place, 1 failed" in proc.stdout
 
-    gets_before = len(server.gets())
+    (server.root / "vqa" / bad).write_bytes(good)  # the server mends
     again = run(server, data, "--only", "vqa2", "--min-free-gb", "0")
-    assert again.returncode == 1 and error_lines(again)[0].startswith(f"error: {bad}: corrupt zip")
-    assert len(server.gets()) == gets_before  # the complete zip is not fetched again
+    assert again.returncode == 0, again.stderr
+    assert len(server.gets(f"/vqa/{bad}")) == 2
+    assert (data / VQA2_ZIPS[bad][0]).read_bytes() == expected_layout()[VQA2_ZIPS[bad][0]]
+    assert "summary: 1 fetched, 4 already in place, 0 failed" in again.stdout
+    assert f"{data}/{bad}.bad (a bad earlier copy) can be removed" in again.stdout
+
+
+def test_corrupt_zip_in_place_is_moved_aside(server: Server, tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    name = "v2_Questions_Test_mscoco.zip"
+    (data / name).write_bytes(b"PK\x03\x04 half a zip from a mirror")
+    proc = run(server, data, "--only", "vqa2", "--min-free-gb", "0")
+    assert proc.returncode == 1
+    assert error_lines(proc)[0] == (
+        f"error: {name}: corrupt zip (unzip -tq fails); moved to {data}/{name}.bad, the next run downloads it "
+        "afresh"
+    )
+    assert server.gets(f"/vqa/{name}") == []
+    again = run(server, data, "--only", "vqa2", "--min-free-gb", "0")
+    assert again.returncode == 0, again.stderr
+    assert len(server.gets(f"/vqa/{name}")) == 1
+    for member in VQA2_ZIPS[name]:
+        assert (data / member).read_bytes() == expected_layout()[member]
 
 
 def test_complete_zip_is_extracted_without_network(server: Server, tmp_path: Path) -> None:
@@ -363,3 +391,133 @@ def test_help_documents_the_overrides(server: Server, tmp_path: Path) -> None:
                  "VQA_CP_VQACP_BASE", "VQA_CP_FEATURES_URL", "VQA_CP_RETRIES", "VQA_CP_RETRY_DELAY",
                  "VQA_CP_CONNECT_TIMEOUT"]:
         assert word in proc.stdout
+
+
+def test_html_error_page_for_a_json_is_refused_then_refetched(server: Server, tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    name = VQACP_FILES[2]
+    path = f"/vqacp/{name}"
+    server.html.add(path)
+    proc = run(server, data, "--only", "vqacp", "--min-free-gb", "0")
+    assert proc.returncode == 1
+    assert error_lines(proc) == [
+        f"error: {name}: {server.url(path)} sent a bad file: the server sent something that is not valid JSON "
+        f"(an error page?): Expecting value: line 1 column 1 (char 0); moved to {data}/{name}.bad, the next run "
+        f"downloads it afresh (the VQA-CP host is often down: try again later, or fetch {name} from a mirror "
+        f"into {data}/)",
+        f"error: failed: {name} (run download.sh again to retry; complete files are skipped)",
+    ]
+    assert len(server.gets(path)) == 1  # not retried within the run
+    assert (data / f"{name}.bad").read_bytes() == HTML_PAGE
+    assert not (data / name).exists() and not (data / f"{name}.part").exists()
+    assert "summary: 3 fetched, 0 already in place, 1 failed" in proc.stdout
+
+    again = run(server, data, "--only", "vqacp", "--min-free-gb", "0")  # still down: refused again
+    assert again.returncode == 1 and len(server.gets(path)) == 2
+    assert "summary: 0 fetched, 3 already in place, 1 failed" in again.stdout
+
+    server.html.clear()
+    mended = run(server, data, "--only", "vqacp", "--min-free-gb", "0")
+    assert mended.returncode == 0, mended.stderr
+    assert len(server.gets(path)) == 3
+    assert (data / name).read_bytes() == expected_layout()[name]
+    assert "summary: 1 fetched, 3 already in place, 0 failed" in mended.stdout
+
+
+def test_json_in_place_that_does_not_parse_is_not_skipped(server: Server, tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    name = VQACP_FILES[0]
+    (data / name).write_bytes(HTML_PAGE)  # what an earlier run without the check kept
+    expected = expected_layout()
+    for other in VQACP_FILES[1:]:
+        (data / other).write_bytes(expected[other])
+    proc = run(server, data, "--only", "vqacp", "--min-free-gb", "0")
+    assert proc.returncode == 0, proc.stderr
+    assert f"note: {data}/{name} is not valid JSON (Expecting value: line 1 column 1 (char 0)); moved to " \
+           f"{data}/{name}.bad, downloading it again" in proc.stderr
+    assert [r.path for r in server.gets()] == [f"/vqacp/{name}"]
+    assert (data / name).read_bytes() == expected[name]
+    assert (data / f"{name}.bad").read_bytes() == HTML_PAGE
+    assert "summary: 1 fetched, 3 already in place, 0 failed" in proc.stdout
+
+
+def _unwritable_system_folder() -> Path | None:
+    """/sys/kernel, where even root cannot create a file (sysfs); None where that does not hold."""
+    folder = Path("/sys/kernel")
+    if not folder.is_dir():
+        return None
+    probe = folder / f".vqa_cp_probe_{os.getpid()}"
+    try:
+        fd = os.open(probe, os.O_CREAT | os.O_WRONLY)
+    except OSError:
+        return folder
+    os.close(fd)
+    probe.unlink()
+    return None
+
+
+def test_unwritable_data_folder_is_one_line_before_any_request(server: Server, tmp_path: Path) -> None:
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    # chmod does not stop root: a folder under a regular file cannot be created by anyone
+    proc = run(server, blocker / "data", "--min-free-gb", "0")
+    assert proc.returncode == 1
+    assert proc.stderr == (f"error: cannot create --data {blocker}/data: {blocker} is a file, not a folder "
+                           "(choose another --data)\n")
+    proc = run(server, blocker, "--min-free-gb", "0")
+    assert proc.returncode == 1
+    assert proc.stderr == f"error: --data {blocker} is a file, not a folder (choose another --data)\n"
+    assert server.log == []
+
+    system = _unwritable_system_folder()
+    if system is None:
+        pytest.skip("/sys/kernel is writable here")
+    proc = run(server, system, "--only", "vqacp", "--min-free-gb", "0")
+    assert proc.returncode == 1
+    (line,) = proc.stderr.splitlines()
+    assert line.startswith(f"error: --data {system} is not writable: ")
+    assert "often down" not in line and "curl" not in line
+    proc = run(server, system / "vqa_cp_data", "--only", "vqacp", "--min-free-gb", "0")
+    assert proc.returncode == 1
+    (line,) = proc.stderr.splitlines()
+    assert line.startswith(f"error: cannot create --data {system}/vqa_cp_data: ")
+    assert server.log == [] and not (system / "vqa_cp_data").exists()
+
+
+def test_local_write_failure_is_named_and_not_retried(server: Server, tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    name = VQACP_FILES[3]
+    (data / f"{name}.part").mkdir()  # curl cannot write its output (exit code 23)
+    proc = run(server, data, "--only", "vqacp", "--min-free-gb", "0", VQA_CP_RETRIES="3")
+    assert proc.returncode == 1
+    assert error_lines(proc)[0] == (
+        f"error: {name}: cannot write {data}/{name}.part: {data}/{name}.part is a folder (a local problem, not "
+        "the server's: not retried)"
+    )
+    heads = [r for r in server.log if r.method == "HEAD" and r.path == f"/vqacp/{name}"]
+    assert len(heads) == 1 and "attempt 2" not in proc.stderr  # one attempt: curl fails before its GET
+    assert "often down" not in proc.stderr and "curl exit code" not in proc.stderr
+    assert all((data / other).is_file() for other in VQACP_FILES[:3])  # the others still download
+
+
+def test_full_disk_is_named_and_not_retried(server: Server, tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    name = VQACP_FILES[0]
+    (data / f"{name}.part").symlink_to("/dev/full")  # every write fails with ENOSPC, as on a full disk
+    # df reports 1 MB free, as it would on that full disk
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "df").write_text("#!/bin/sh\necho 'Filesystem 1024-blocks Used Available Capacity Mounted'\n"
+                                "echo '/dev/x 1000000 999000 1024 100% /'\n")
+    (bin_dir / "df").chmod(0o755)
+    proc = run(server, data, "--only", "vqacp", "--min-free-gb", "0", VQA_CP_RETRIES="3",
+               PATH=f"{bin_dir}:{os.environ['PATH']}")
+    assert proc.returncode == 1
+    assert error_lines(proc)[0] == (
+        f"error: {name}: cannot write {data}/{name}.part: the disk is full (1 MB free on {data}) (a local "
+        "problem, not the server's: not retried)"
+    )
+    assert len(server.gets(f"/vqacp/{name}")) == 1

@@ -17,12 +17,17 @@ Download the raw data into DIR (default: data/) with the layout of docs/DESIGN.m
   vqacp     four VQA-CP v2 json files        -> DIR/vqacp_v2_{train,test}_{questions,annotations}.json
   features  trainval_36.zip (~25 GB)         -> DIR/trainval_36/trainval_resnet101_faster_rcnn_genome_36.tsv
 
-Downloads go to NAME.part and are renamed when their size matches the server's Content-Length; an
-interrupted download resumes where it stopped when run again. A file whose final output is present is
-skipped. A zip is tested (unzip -tq), extracted into a temporary folder, its files moved into place, and
-only then removed; a zip that fails the test is kept and reported (remove it to download it afresh).
-A file that fails to download is reported on one line; the others still download, and the script exits 1
-at the end with the list of failures (2 for a usage error). The full set needs about 100 GB free.
+Downloads go to NAME.part; an interrupted download resumes where it stopped when run again. A download
+counts as fetched only when its size matches the server's Content-Length and it passes its check: a json
+must parse (python3), a zip must pass unzip -tq. One that fails (say an HTML error page served with 200)
+is moved aside to NAME.bad (replacing an older NAME.bad; never removed by the script) and downloaded
+afresh on the next run. A file whose final outputs are present is skipped, except a json in place that
+does not parse: it is moved to NAME.bad and fetched again. A zip is extracted into a temporary folder,
+its files moved into place, and only then removed. --data must be writable: that is checked before any
+download, and a local write failure (folder not writable, disk full) is reported on one line naming the
+cause, never retried. A file that fails to download is reported on one line; the others still download,
+and the script exits 1 at the end with the list of failures (2 for a usage error). The full set needs
+about 100 GB free.
 
 options:
   --data DIR        destination folder (default: data)
@@ -134,13 +139,37 @@ add_item features trainval_36.zip "$features_url" . \
 group="" file="" url="" unzip_to="" outputs="" need_mb=0
 load_item() { IFS='|' read -r group file url unzip_to outputs need_mb <<<"$1"; }
 
-is_complete() {  # all final outputs of the current item are present
+is_complete() {  # all final outputs of the current item are present (and a plain json parses)
     local out
     local -a outs
     IFS=',' read -r -a outs <<<"$outputs"
     for out in "${outs[@]}"; do
         [[ -f "$data_dir/$out" ]] || return 1
     done
+    [[ "$unzip_to" != "-" ]] || json_in_place_ok
+}
+
+declare -A json_checked=()  # file name -> "ok" or the parse error, so each json is parsed once a run
+json_reason=""
+json_ok() {  # json_ok PATH: does PATH parse as JSON? sets json_reason (one line) when it does not
+    json_reason="$(python3 -c '
+import json, sys
+try:
+    with open(sys.argv[1], "rb") as f:
+        json.load(f)
+except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError
+    print(str(exc).splitlines()[0])
+    sys.exit(1)
+' "$1" 2>&1)" && return 0
+    [[ -n "$json_reason" ]] || json_reason="python3 could not read it"
+    json_reason="${json_reason##*$'\n'}"
+    return 1
+}
+json_in_place_ok() {  # the current item's json in DATA parses (cached)
+    if [[ -z "${json_checked[$file]:-}" ]]; then
+        if json_ok "$data_dir/$file"; then json_checked[$file]=ok; else json_checked[$file]="$json_reason"; fi
+    fi
+    [[ "${json_checked[$file]}" == ok ]]
 }
 
 if ((dry_run)); then
@@ -161,16 +190,25 @@ fi
 # --- checks before any download ----------------------------------------------------------------------
 command -v curl >/dev/null || { echo "error: curl is not installed; install it (e.g. apt-get install curl)" >&2; exit 1; }
 
+command -v python3 >/dev/null || {
+    echo "error: python3 is not installed; it checks that each downloaded json parses" >&2
+    exit 1
+}
+
 todo=()
 need_total_mb=0
 needs_unzip=0
+needs_writing=0  # something to download, extract, move aside or remove
 for row in "${items[@]}"; do
     load_item "$row"
     [[ "$selected" == *",$group,"* ]] || continue
     todo+=("$row")
     if ! is_complete; then
         need_total_mb=$((need_total_mb + need_mb))
+        needs_writing=1
         [[ "$unzip_to" == "-" ]] || needs_unzip=1
+    elif [[ "$unzip_to" != "-" && -f "$data_dir/$file" ]]; then
+        needs_writing=1  # a leftover zip to remove
     fi
 done
 if ((needs_unzip)) && ! command -v unzip >/dev/null; then
@@ -190,7 +228,36 @@ if ((free_mb < need_total_mb)); then
         "--only, or override the estimate with --min-free-gb)" >&2
     exit 1
 fi
-mkdir -p "$data_dir"
+
+os_cause() {  # os_cause MESSAGE: the cause at the end of a tool's error ("...: Permission denied")
+    local message="${1##*$'\n'}"
+    echo "${message##*: }"
+}
+
+check_writable() {  # refuse, on one line and before any download, a --data folder we cannot write in
+    local parent="$data_dir" err probe="$data_dir/.download-write-test.$$"
+    if [[ -e "$data_dir" && ! -d "$data_dir" ]]; then
+        echo "error: --data $data_dir is a file, not a folder (choose another --data)" >&2
+        exit 1
+    fi
+    if ! err="$(mkdir -p "$data_dir" 2>&1)"; then
+        until [[ -e "$parent" ]]; do parent="$(dirname "$parent")"; done
+        if [[ ! -d "$parent" ]]; then
+            echo "error: cannot create --data $data_dir: $parent is a file, not a folder (choose another --data)" >&2
+        else
+            echo "error: cannot create --data $data_dir: $(os_cause "$err") (choose another --data, or make" \
+                "$parent writable)" >&2
+        fi
+        exit 1
+    fi
+    if ! err="$(touch "$probe" 2>&1)"; then
+        echo "error: --data $data_dir is not writable: $(os_cause "$err") (fix its permissions or mount," \
+            "or choose another --data)" >&2
+        exit 1
+    fi
+    rm -f "$probe"
+}
+((needs_writing)) && check_writable
 
 # --- downloading -------------------------------------------------------------------------------------
 file_size() { stat -c %s "$1" 2>/dev/null || wc -c <"$1"; }
@@ -213,12 +280,53 @@ advice() {  # what to try when the current item cannot be downloaded
     fi
 }
 
+free_mb_of() {  # free space (MB) of the file system holding folder $1
+    df -Pk "$1" 2>/dev/null | awk 'NR == 2 {print int($4 / 1024)}'
+}
+
+local_cause() {  # local_cause PART: why writing PART failed (after curl's exit code 23)
+    local part="$1" err free probe="$data_dir/.download-write-test.$$"
+    if [[ -d "$part" ]]; then
+        echo "$part is a folder"
+        return
+    fi
+    if ! err="$(touch "$probe" 2>&1)"; then
+        echo "$data_dir is not writable: $(os_cause "$err")"
+        return
+    fi
+    rm -f "$probe"
+    free="$(free_mb_of "$data_dir")"
+    if [[ -n "$free" ]] && ((free < 16)); then
+        echo "the disk is full ($free MB free on $data_dir)"
+        return
+    fi
+    echo "the write failed (disk full, a quota, or $part not a writable file)"
+}
+
+# check_download PATH: does the finished download pass its check (json parses, zip tests)? sets check_reason
+check_reason=""
+check_download() {
+    if [[ "$unzip_to" == "-" ]]; then
+        json_ok "$1" && return 0
+        check_reason="the server sent something that is not valid JSON (an error page?): $json_reason"
+    else
+        unzip -tq "$1" >/dev/null 2>&1 && return 0
+        check_reason="corrupt zip (unzip -tq fails)"
+    fi
+    return 1
+}
+
 fail_reason=""
 retriable=1
+local_fail=0   # the failure is on this machine (cannot write): reported as such, never retried
+bad_content=0  # the server sent a complete file that fails its check (json parse, unzip -tq)
+zip_tested=0   # the current zip passed unzip -tq right after its download
 # download_once: one attempt at DATA/FILE.part -> DATA/FILE; sets fail_reason and retriable on failure.
 download_once() {
     local part="$data_dir/$file.part" target="$data_dir/$file" expected have code status=0 err
     retriable=1
+    local_fail=0
+    bad_content=0
     err="$(remote_size "$url" 2>&1)" || status=$?
     if ((status)); then
         fail_reason="${err##*$'\n'}"
@@ -244,6 +352,7 @@ download_once() {
                 7) fail_reason="connection refused or host unreachable" ;;
                 18) fail_reason="transfer cut short; $part kept for resuming" ;;
                 22) fail_reason="HTTP $code"; [[ "$code" == 4* && "$code" != 408 && "$code" != 429 ]] && retriable=0 ;;
+                23) fail_reason="cannot write $part: $(local_cause "$part")"; local_fail=1; retriable=0 ;;
                 28) fail_reason="timed out (no connection within ${connect_timeout}s or stalled for ${stall_seconds}s)" ;;
                 33) fail_reason="the server cannot resume; remove $part to download it from the start"
                     retriable=0 ;;
@@ -257,13 +366,40 @@ download_once() {
         fail_reason="incomplete: $have of $expected bytes; $part kept for resuming"
         return 1
     fi
-    mv -f "$part" "$target"
+    if ! check_download "$part"; then
+        retriable=0  # the next run fetches it afresh
+        bad_content=1
+        if ! err="$(mv -f "$part" "$target.bad" 2>&1)"; then
+            fail_reason="$check_reason; cannot move it aside: $(os_cause "$err")"
+            return 1
+        fi
+        fail_reason="$check_reason; moved to $target.bad, the next run downloads it afresh"
+        return 1
+    fi
+    [[ "$unzip_to" == "-" ]] && json_checked[$file]=ok || zip_tested=1
+    if ! err="$(mv -f "$part" "$target" 2>&1)"; then
+        fail_reason="cannot rename $part to $target: $(os_cause "$err")"
+        local_fail=1
+        retriable=0
+        return 1
+    fi
+    [[ ! -f "$target.bad" ]] || echo "note: $target is good now; $target.bad (a bad earlier copy) can be removed"
 }
 
 download() {  # download the current item with retries; prints the one-line error on final failure
     local attempt=1 attempts=$((retries + 1))
     echo "downloading $url -> $data_dir/$file"
     until download_once; do
+        if ((local_fail)); then
+            echo "error: $file: $fail_reason (a local problem, not the server's: not retried)" >&2
+            return 1
+        fi
+        if ((bad_content)); then
+            local hint=""
+            [[ "$group" != vqacp ]] || hint=" ($(advice))"
+            echo "error: $file: $url sent a bad file: $fail_reason$hint" >&2
+            return 1
+        fi
         if ((!retriable || attempt >= attempts)); then
             echo "error: $file: could not download $url: $fail_reason ($(advice))" >&2
             return 1
@@ -283,11 +419,14 @@ trap 'exit 143' TERM
 extract() {  # test, extract into a temporary folder, move the files into place, then remove the zip
     local zip="$data_dir/$file" dest="$data_dir" rel out missing=""
     [[ "$unzip_to" == . ]] || dest+="/$unzip_to"
-    echo "testing $zip"
-    if ! unzip -tq "$zip" >/dev/null 2>&1; then
-        echo "error: $file: corrupt zip (unzip -tq fails); kept $zip: remove it and run again to download" \
-            "it afresh" >&2
-        return 1
+    if ((!zip_tested)); then
+        echo "testing $zip"
+        if ! unzip -tq "$zip" >/dev/null 2>&1; then
+            mv -f "$zip" "$zip.bad" || return 1
+            echo "error: $file: corrupt zip (unzip -tq fails); moved to $zip.bad, the next run downloads it" \
+                "afresh" >&2
+            return 1
+        fi
     fi
     echo "unzipping $zip into $dest"
     tmp_dir="$data_dir/.unzip-$file"
@@ -338,6 +477,13 @@ for row in "${todo[@]}"; do
             rm -f "$data_dir/$file"
         fi
         continue
+    fi
+    zip_tested=0
+    if [[ "$unzip_to" == "-" && -f "$data_dir/$file" ]]; then  # in place but does not parse (is_complete)
+        echo "note: $data_dir/$file is not valid JSON (${json_checked[$file]}); moved to" \
+            "$data_dir/$file.bad, downloading it again" >&2
+        mv -f "$data_dir/$file" "$data_dir/$file.bad"
+        unset "json_checked[$file]"
     fi
     if [[ ! -f "$data_dir/$file" ]] && ! download; then
         failed+=("$file")

@@ -8,12 +8,14 @@ containers is refused before any of it runs.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
 import os
 import pickle
 import random
 import re
+import struct
 import warnings
 import zipfile
 from dataclasses import dataclass
@@ -69,29 +71,87 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 def save_checkpoint(path: str | os.PathLike, checkpoint: dict[str, Any]) -> None:
     """Write a checkpoint atomically: a crash leaves the previous file or none, never half a file."""
+    if type(checkpoint) is not dict:  # a CheckpointDict read back: weights_only loads only plain containers
+        checkpoint = dict(checkpoint)
     with atomic_path(path) as tmp:
         torch.save(checkpoint, tmp)
 
 
+# What torch.load(weights_only=True) raises on a file that is not a checkpoint (random bytes, an HTML page,
+# a cut-off or damaged one). Only torch's restricted unpickler and zip reader run on the bytes, and they fail
+# with whatever the garbage happens to spell: a bad opcode, a pop from an empty stack, a missing memo key, a
+# rebuild function called with the wrong arguments. Anything else (MemoryError, NameError, ...) is not caught.
+CORRUPT_FILE_ERRORS: tuple[type[BaseException], ...] = (
+    pickle.UnpicklingError, EOFError, RuntimeError, zipfile.BadZipFile, ValueError, IndexError, KeyError,
+    TypeError, AttributeError, AssertionError, struct.error, OverflowError,
+)
+
+
+def _first_line(exc: BaseException) -> str:
+    """`Type: first line of the message`, for a one-line error."""
+    text = str(exc).strip()
+    first = text.splitlines()[0].strip() if text else ""
+    if len(first) > 160:
+        first = first[:157] + "..."
+    return f"{type(exc).__name__}: {first}" if first else type(exc).__name__
+
+
 def safe_load(path: str | os.PathLike) -> Any:
-    """torch.load with weights_only=True; a refused or unreadable file is a VQAError naming it."""
+    """torch.load with weights_only=True; a refused, unreadable or corrupt file is a VQAError naming it."""
     path = Path(path)
     if not path.is_file():
         raise VQAError(f"checkpoint not found: {path}")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        found = re.search(r"GLOBAL ([\w.]+)", str(exc), flags=re.IGNORECASE)
-        if found is None:
-            raise VQAError(f"{path}: unreadable or truncated checkpoint (not a PyTorch file)") from None
-        what = f"an object of type {found.group(1)}"
-        raise VQAError(
-            f"{path}: refused to load: the file holds {what}, which could run code when unpickled "
-            "(only tensors, numbers, strings and plain containers are accepted)"
-        ) from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise VQAError(f"{path}: unreadable or truncated checkpoint ({first})") from None
+        f = open(path, "rb")  # a file we cannot open is a read error, not a corrupt checkpoint
+    except OSError as exc:
+        raise VQAError(f"{path}: cannot read the checkpoint: {exc.strerror or exc}") from None
+    with f:
+        if os.fstat(f.fileno()).st_size == 0:
+            raise VQAError(f"{path}: unreadable or truncated checkpoint (the file is empty)")
+        try:
+            with warnings.catch_warnings():  # garbage spells odd protocol numbers, and torch warns about each
+                warnings.filterwarnings("ignore", message="Detected pickle protocol")
+                return torch.load(f, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as exc:
+            found = _REFUSED_GLOBAL.search(str(exc))
+            if found is None or not _spells_global(f, found.group(1)):
+                raise VQAError(f"{path}: unreadable or truncated checkpoint (not a PyTorch file: "
+                               f"{_unpickler_detail(exc)})") from None
+            raise VQAError(
+                f"{path}: refused to load: the file holds an object of type {found.group(1)}, which could run "
+                "code when unpickled (only tensors, numbers, strings and plain containers are accepted)"
+            ) from None
+        except OSError as exc:
+            if exc.errno == errno.EIO:  # the disk, not the bytes
+                raise VQAError(f"{path}: cannot read the checkpoint: {exc.strerror}") from None
+            # a cut-off zip makes the reader seek outside the file (EINVAL)
+            raise VQAError(f"{path}: unreadable or truncated checkpoint ({_first_line(exc)})") from None
+        except CORRUPT_FILE_ERRORS as exc:
+            raise VQAError(f"{path}: unreadable or truncated checkpoint ({_first_line(exc)})") from None
+
+
+# torch's words for a global that weights_only refuses; a dotted identifier, not what random bytes spell
+_REFUSED_GLOBAL = re.compile(r"GLOBAL ([A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*) (?:was not an allowed|whose module)")
+
+
+def _spells_global(f: io.BufferedReader, full_path: str) -> bool:
+    """Whether the file holds a whole GLOBAL opcode (`c module\\n name\\n`) for `full_path`: a refused name
+    that a cut or damaged file only half-spells ("torch.LongSto") is corruption, not a foreign object."""
+    f.seek(0)
+    data = f.read()
+    spellings = [(full_path[:i], full_path[i + 1:]) for i, char in enumerate(full_path) if char == "."]
+    spellings += [("builtins", full_path), ("__builtin__", full_path)]  # torch drops the builtins prefix
+    return any(f"c{module}\n{name}\n".encode() in data for module, name in spellings)
+
+
+def _unpickler_detail(exc: pickle.UnpicklingError) -> str:
+    """The unpickler's own reason, without torch's long advice about weights_only."""
+    text = str(exc)
+    marker = "WeightsUnpickler error:"
+    if marker in text:
+        text = text.split(marker, 1)[1]
+    text = text.strip().splitlines()[0].strip() if text.strip() else "UnpicklingError"
+    return text[:157] + "..." if len(text) > 160 else text
 
 
 def list_checkpoints(output_dir: str | os.PathLike) -> list[Path]:
@@ -127,8 +187,63 @@ def load_newest_checkpoint(output_dir: str | os.PathLike, run_id: str | None = N
         if run_id is not None and ckpt.get("run_id") != run_id:
             warnings.warn(f"skipping {path.name}: written by another run than the one run.json names", stacklevel=2)
             continue
-        return path, ckpt
+        problem = training_checkpoint_problem(ckpt)
+        if problem is not None:
+            warnings.warn(f"skipping {path.name}: {problem}; trying the previous checkpoint", stacklevel=2)
+            continue
+        return path, CheckpointDict(path, ckpt)
     raise VQAError(f"--resume {output_dir}: every checkpoint there is unreadable or truncated")
+
+
+# What --resume reads from a training checkpoint, and the type each entry must have.
+TRAINING_KEYS: dict[str, type | tuple[type, ...]] = {
+    "model": dict, "loss_fn": dict, "optimizer": dict, "epoch": int, "step": int, "args": dict, "rng": dict,
+}
+
+
+class CheckpointDict(dict):
+    """A loaded checkpoint that names its file when code asks for an entry it lacks (one-line VQAError
+    instead of a KeyError traceback deep in the training loop)."""
+
+    def __init__(self, path: Path, entries: dict[str, Any]) -> None:
+        super().__init__(entries)
+        self.path = path
+
+    def __missing__(self, key: str) -> Any:
+        raise VQAError(f"{self.path}: the checkpoint lacks {key!r} (not a complete vqa_cp training checkpoint)")
+
+
+def training_checkpoint_problem(ckpt: dict[str, Any]) -> str | None:
+    """What makes `ckpt` unusable for --resume (a mistyped entry, a model that is not a state_dict), or None.
+
+    Missing entries are reported when asked for (CheckpointDict): a run may not need every one.
+    """
+    for key, kind in TRAINING_KEYS.items():
+        if key not in ckpt:
+            continue
+        if not isinstance(ckpt[key], kind) or isinstance(ckpt[key], bool):
+            return f"the checkpoint's {key!r} holds a {type(ckpt[key]).__name__}, expected {_kind_name(kind)}"
+    for key in ("epoch", "step"):
+        if key in ckpt and ckpt[key] < 0:
+            return f"the checkpoint's {key!r} is negative ({ckpt[key]})"
+    return _state_dict_problem(ckpt["model"], "'model'") if "model" in ckpt else None
+
+
+def _kind_name(kind: type | tuple[type, ...]) -> str:
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    return " or ".join(k.__name__ for k in kinds)
+
+
+def _state_dict_problem(state: Any, what: str) -> str | None:
+    """Why `state` is not a state_dict (string keys, tensor values), or None."""
+    if not isinstance(state, dict):
+        return f"the checkpoint's {what} is a {type(state).__name__}, not a state_dict"
+    for key, value in state.items():
+        if not isinstance(key, str):
+            return f"the checkpoint's {what} has a non-string key {key!r}"
+        if not isinstance(value, torch.Tensor):
+            return f"the checkpoint's {what} key {key!r} holds a {type(value).__name__}, not a tensor"
+    return None
 
 
 def prune_checkpoints(output_dir: str | os.PathLike, keep: int = 2) -> None:
@@ -240,11 +355,16 @@ def load_model(path: str | os.PathLike, words: list[str] | None = None, answers:
     if not isinstance(obj, dict):
         raise VQAError(f"{path}: expected a state_dict or a checkpoint dict, found {type(obj).__name__}")
     if obj.get("version") == CHECKPOINT_VERSION and "model" in obj:
+        problem = _state_dict_problem(obj["model"], "'model'")
+        if problem is not None:
+            raise VQAError(f"{path}: {problem}")
         state, source, ckpt = obj["model"], "vqa_cp", obj
     else:
-        bad = [k for k, v in obj.items() if not isinstance(v, torch.Tensor)]
+        bad = [k for k, v in obj.items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)]
         if bad:
             raise VQAError(f"{path}: not a state_dict: key {bad[0]!r} holds a {type(obj[bad[0]]).__name__}")
+        if not obj:
+            raise VQAError(f"{path}: not a state_dict: the dict is empty")
         state, source, ckpt = from_reference_state_dict(_strip_reference(obj)), "reference", None
     try:
         model = build_model_from_state_dict(state, name=model_name)

@@ -7,10 +7,9 @@ few that may change on `--resume` and refuses every other one that was given.
 from __future__ import annotations
 
 import argparse
-import math
-from collections.abc import Callable
 from typing import Any
 
+from vqa_cp.argtypes import fraction, non_negative_float, non_negative_int, positive_float, positive_int
 from vqa_cp.errors import VQAError
 
 MODES = ("none", "reweight", "bias_product", "learned_mixin")
@@ -19,25 +18,6 @@ REAL_DEFAULTS = {"epochs": 15, "num_hid": 1024, "batch_size": 512, "inf_lambda":
 DEFAULT_OUTPUT = "saved_models"
 # Flags a resumed run applies; every other flag must be left out or repeat the run's own value.
 RESUME_APPLIES = ("epochs", "num_workers", "device", "checkpoint_every", "log_every", "tensorboard", "max_steps")
-
-
-def _checked(kind: type, test: Callable[[Any], bool], wanted: str) -> Callable[[str], Any]:
-    def parse(text: str) -> Any:
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"must be {wanted}, got {text}") from None
-        if not test(value):
-            raise argparse.ArgumentTypeError(f"must be {wanted}, got {text}")
-        return value
-    return parse
-
-
-positive_int = _checked(int, lambda v: v > 0, "a positive integer")
-nonnegative_int = _checked(int, lambda v: v >= 0, "a non-negative integer")
-positive_float = _checked(float, lambda v: v > 0 and math.isfinite(v), "a positive number")
-nonnegative_float = _checked(float, lambda v: v >= 0 and math.isfinite(v), "a non-negative number")
-fraction = _checked(float, lambda v: 0 <= v < 1, "in [0, 1)")
 
 
 def _bool(text: str) -> bool:
@@ -65,13 +45,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cache_dtype", choices=("float16", "float32"), default="float16")
     p.add_argument("--eval_each_epoch", action="store_true")
     p.add_argument("--mode", choices=MODES, default="learned_mixin", help="debiasing objective")
-    p.add_argument("-p", "--entropy_penalty", type=nonnegative_float, default=0.36,
+    p.add_argument("-p", "--entropy_penalty", type=non_negative_float, default=0.36,
                    help="learned-mixin +H entropy weight (0 = plain learned-mixin)")
     p.add_argument("--epochs", type=positive_int, default=None, help="default 15 (toy: 8)")
     p.add_argument("--num_hid", type=positive_int, default=None, help="default 1024 (toy: 256)")
     p.add_argument("--model", choices=("baseline0_newatt", "baseline0"), default="baseline0_newatt")
     p.add_argument("--batch_size", type=positive_int, default=None, help="global batch, default 512 (toy: 64)")
-    p.add_argument("--num_workers", type=nonnegative_int, default=None, help="DataLoader workers, default 2 (toy: 0)")
+    p.add_argument("--num_workers", type=non_negative_int, default=None, help="DataLoader workers, default 2 (toy: 0)")
     p.add_argument("--lr", type=positive_float, default=0.002)
     p.add_argument("--grad_clip", type=positive_float, default=0.25)
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
@@ -79,7 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--deterministic", action="store_true", help="bit-identical CPU runs")
     p.add_argument("--no_dropout", action="store_true", help="disable dropout (for equivalence tests)")
     g = p.add_argument_group("functional-entropy regulariser")
-    g.add_argument("--inf_lambda", type=nonnegative_float, default=None,
+    g.add_argument("--inf_lambda", type=non_negative_float, default=None,
                    help="strength of the regulariser; 0 = off (default 0; toy: 1e-8)")
     g.add_argument("--norm", "--inf_norm", dest="norm", type=positive_float, default=2.0)
     g.add_argument("--estimation", "--inf_reg", dest="estimation", choices=("ent", "var", "dif_ent"), default="ent")
@@ -101,14 +81,14 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--load", metavar="CKPT", default=None, help="initialise the model from a checkpoint")
     r.add_argument("--dictionary", default=None, help="word list the --load checkpoint was trained with")
     r.add_argument("--answers", default=None, help="answer list the --load checkpoint was trained with")
-    r.add_argument("--checkpoint_every", type=nonnegative_int, default=0,
+    r.add_argument("--checkpoint_every", type=non_negative_int, default=0,
                    help="also checkpoint every N steps (0 = per epoch only)")
     r.add_argument("--log_every", type=positive_int, default=200,
                    help="every N steps: a step record (steps.jsonl, TensorBoard) with the ratio of the "
                         "regulariser's gradient norm to the task loss's")
     r.add_argument("--tensorboard", nargs="?", const="", default=None, metavar="DIR",
                    help="also write TensorBoard events (default DIR: OUTPUT/tensorboard)")
-    r.add_argument("--max_steps", type=nonnegative_int, default=0, help=argparse.SUPPRESS)  # tests: stop early
+    r.add_argument("--max_steps", type=non_negative_int, default=0, help=argparse.SUPPRESS)  # tests: stop early
     p.add_argument("--features_on_gpu", action="store_true",
                    help="with --cache_features: keep the feature tensor on the training device (GPU memory) "
                    "and gather batches there, no host-to-device copy per step")

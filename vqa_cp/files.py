@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import tempfile
@@ -27,41 +28,75 @@ def remove_stale_temps(path: Path) -> None:
             stale.unlink()
 
 
+# Errors of a write that names no file (f.write on a full disk): inside atomic_path they are the temporary's.
+_WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS}
+
+
+def _naming(exc: OSError, path: Path, tmp: str | None) -> OSError:
+    """`exc` naming `path` where it is about the temporary `tmp`: `PATH: No space left on device`.
+
+    With `tmp` None (mkstemp failed) the error is the temporary's; an error naming another file, or none
+    with an errno a write does not give (a read of an input file), is left as it is.
+    """
+    if exc.errno is None:
+        return exc
+    if tmp is None or (exc.filename is not None and str(exc.filename) == tmp) or (
+            exc.filename is None and exc.errno in _WRITE_ERRNOS):
+        return type(exc)(exc.errno, exc.strerror, str(path))
+    return exc
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside `path`; rename it onto `path` only if the block succeeds.
 
-    An interrupted or failed write leaves `path` as it was (absent or the previous complete file).
+    An interrupted or failed write leaves `path` as it was (absent or the previous complete file). An
+    OSError while creating, writing or renaming the temporary names `path`, not the temporary.
     """
     path = Path(path)
-    with _naming(path):
+    try:
         path.parent.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        blocker = next(p for p in path.parents if p.exists())
+        raise NotADirectoryError(errno.ENOTDIR, f"{blocker} is a file, not a folder", str(path)) from None
+    tmp: str | None = None
+    try:
         fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(path), suffix=_TEMP_SUFFIX, dir=path.parent)
+    except OSError as exc:
+        raise _naming(exc, path, tmp) from None
     os.close(fd)
     umask = os.umask(0)
     os.umask(umask)
     os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the file the permissions open() would
     tmp_path = Path(tmp)
     try:
-        with _naming(path):
-            yield tmp_path
-            os.replace(tmp_path, path)
+        yield tmp_path
+        os.replace(tmp_path, path)
+    except OSError as exc:
+        raise _naming(exc, path, tmp) from None
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
 
 
-@contextlib.contextmanager
-def _naming(path: Path) -> Iterator[None]:
-    """Give an OSError that names no file, or only our temporary, the name of the file being written
-    (a full disk raises ENOSPC from a write that names no file)."""
+def check_output_file(path: str | os.PathLike, what: str = "output file") -> Path:
+    """Refuse, before any work, an output path that cannot be written: a folder, a path under a regular
+    file, or one in a folder where no file can be created (read-only mount, permissions)."""
+    path = Path(path)
+    if path.is_dir():
+        raise VQAError(f"{path}: is a folder; give a file name for the {what}")
+    folder = path.parent
+    while not folder.exists():
+        folder = folder.parent
+    if not folder.is_dir():
+        raise VQAError(f"{path}: cannot create the {what}: {folder} is a file, not a folder")
     try:
-        yield
+        fd, probe = tempfile.mkstemp(prefix=_temp_prefix(path), suffix=_TEMP_SUFFIX, dir=folder)
     except OSError as exc:
-        name = None if exc.filename is None else Path(exc.filename)
-        if name is not None and not (name.parent == path.parent and name.name.startswith(_temp_prefix(path))):
-            raise
-        raise type(exc)(exc.errno, exc.strerror or str(exc), str(path)) from exc
+        raise VQAError(f"{path}: cannot write the {what} in {folder}: {exc.strerror or exc}") from None
+    os.close(fd)
+    os.unlink(probe)
+    return path
 
 
 @contextlib.contextmanager

@@ -192,10 +192,15 @@ def build_model(name: str, ntoken: int, num_hid: int, v_dim: int, num_answers: i
     return BUTD(ModelConfig(name, ntoken, num_hid, v_dim, num_answers, emb_dim))
 
 
-def _shape(sd: Mapping[str, Tensor], key: str) -> tuple[int, ...]:
+def _shape(sd: Mapping[str, Tensor], key: str, ndim: int = 2) -> tuple[int, ...]:
+    """Shape of `sd[key]`, which must be an `ndim`-dimensional tensor with no empty dimension."""
     if key not in sd:
         raise VQAError(f"model state_dict: missing key {key!r} (is this a BUTD checkpoint?)")
-    return tuple(sd[key].shape)
+    value = sd[key]
+    if not isinstance(value, Tensor) or value.dim() != ndim or 0 in value.shape:
+        shape = tuple(value.shape) if isinstance(value, Tensor) else type(value).__name__
+        raise VQAError(f"model state_dict: {key!r} has shape {shape}; expected a non-empty {ndim}-d tensor")
+    return tuple(value.shape)
 
 
 def config_from_state_dict(sd: Mapping[str, Tensor]) -> ModelConfig:
