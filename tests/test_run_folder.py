@@ -160,3 +160,31 @@ def test_a_failing_evaluation_keeps_the_trained_model(toy_data, tmp_path, monkey
     saved = ckpts.safe_load(out / "model.pth")
     assert saved["epoch"] == 1 and "model" in saved
     assert "the trained model is saved" in (out / "log.txt").read_text()
+
+
+def test_a_full_disk_while_checkpointing_is_one_line_and_keeps_the_last_checkpoint(toy_data, tmp_path, monkeypatch,
+                                                                                capsys):
+    import errno
+
+    from vqa_cp.errors import run_cli
+
+    out = tmp_path / "run"
+    real_save, calls = ckpts.torch.save, []
+
+    def save(obj, f, *args, **kwargs):
+        calls.append(f)
+        if len(calls) == 2:  # the second checkpoint: the disk is full
+            with open(f, "wb") as half:
+                half.write(b"PK\x03\x04 half")
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_save(obj, f, *args, **kwargs)
+
+    monkeypatch.setattr(ckpts.torch, "save", save)
+    with pytest.raises(SystemExit) as info:
+        run_cli(lambda: main(tiny_args(toy_data, out, "--inf_lambda", "0", "--checkpoint_every", "3")))
+    assert info.value.code == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert err == [f"error: {out / ckpts.checkpoint_name(0, 6)}: No space left on device"]
+    assert [p.name for p in ckpts.list_checkpoints(out)] == [ckpts.checkpoint_name(0, 3)]
+    assert ckpts.safe_load(out / ckpts.checkpoint_name(0, 3))["step"] == 3
+    assert not list(out.glob(".*.tmp"))
