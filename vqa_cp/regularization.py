@@ -161,8 +161,8 @@ class Perturbation:
         if dim == 0:
             if rows * n_samples < 2:
                 raise VQAError("perturbation noise: the std over the batch needs at least 2 rows")
-            var = flat.var(dim=0, correction=0) * (rows * n_samples / (rows * n_samples - 1))
-            return var.sqrt().reshape(1, 1, *x.shape[1:])
+            # the std of the repeated rows itself, the published op: the scores' float32 rounding follows it
+            return Perturbation.repeat(flat, n_samples).std(dim=0).reshape(1, 1, *x.shape[1:])
         if dim == 1:
             if flat.shape[1] < 2:
                 raise VQAError("perturbation noise: the per-sample std needs at least 2 features")

@@ -116,6 +116,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--inf_legacy", action="store_true",
                    help="the published code's wiring: a second trunk pass, the noise std differentiated, "
                         "reversed BCE arguments")
+    g.add_argument("--inf_score_scale", choices=("paper", "per_question"), default="paper",
+                   help="information scores as published (~1/(batch x answers)^2) or per question (batch-size "
+                        "free; lambda then means something else, see docs/notes/regulariser.md)")
     # validation / selection
     p.add_argument("--val_fraction", type=_fraction, default=0.0,
                    help="hold out this fraction of training questions (split by image) for validation")
@@ -440,7 +443,8 @@ def _train(args: argparse.Namespace, resume_path: Path | None, resume_ckpt: dict
                 m.p = 0.0
     loss_fn = build_loss(args.mode, num_hid=args.num_hid, entropy_penalty=args.entropy_penalty)
     reg = RegParameters(n_samples=args.n_samples, norm=args.norm, estimation=args.estimation,
-                        optim_method=args.optim_method, grad=args.grad, lambda_=args.inf_lambda)
+                        optim_method=args.optim_method, grad=args.grad, lambda_=args.inf_lambda,
+                        score_scale=getattr(args, "inf_score_scale", "paper"))  # (older checkpoints' args lack it)
     objective = Objective(model, loss_fn, reg, legacy=args.inf_legacy, seed=args.seed).to(device)
     optimizer = torch.optim.Adamax([p for p in objective.parameters() if p.requires_grad], lr=args.lr)
 
