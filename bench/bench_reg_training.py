@@ -2,7 +2,7 @@
 
 BUTD (num_hid 1024, 36 boxes x 2048), 2,000 answers, learned-mixin +H, lambda 1e-10, Adamax 0.002, clip
 0.25, the project's `Objective` / `train_step`, on synthetic data with a learnable signal: the first
-token gives one of 10 question types, the boxes carry the prototype of one of 200 image concepts, the
+word gives one of 10 question types, the boxes carry the prototype of one of 200 image concepts, the
 answer is type x 200 + concept, concepts are skewed per type (the question-type prior b is that skew).
 
 Part 1, at initialisation (one step each, float32, batch 128 and 512): both wirings' information

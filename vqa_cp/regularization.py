@@ -351,7 +351,8 @@ def information_regularizer(head: Callable[..., Tensor | Sequence[Tensor]], inpu
     detached, as in the seed). head(*perturbed) returns logits or a tuple starting with them.
     grad=True: s_m = get_batch_norm(d L_inf / d x~_m) with all modalities perturbed at once; the
     double backward stays inside the head. grad=False: one head pass per modality (the others repeated
-    clean) and s_m = get_batch_statistics of the per-row influence losses (mean over answers).
+    clean) and s_m = get_batch_statistics of the per-row influence losses (mean over answers; summed
+    with score_scale 'per_question').
     noise: optional standard-normal draws, one per modality, shaped like the perturbed tensors.
     all_reduce / world_size: under torchrun, a differentiable sum over the `world_size` processes (each
     holding an equal share of the batch); the noise std and the scores are then those of the global
