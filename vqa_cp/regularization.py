@@ -39,8 +39,9 @@ when the batch changes. Gradient-free path: the per-row influence loss is the me
 Numerics (real sizes: s ~ 1e-22 .. 1e-12): from the squared gradient norms on, the scores and the term
 are computed in float64 (d term / d s ~ lambda / s^2 would overflow float32 at a ~1e-25 score), the
 term's p-norm scaled by its largest entry; the term and the returned scores are then cast to the
-widened dtype of the logits (float32; float64 stays float64). The backward into the float32 gradients
-stays finite down to scores far below anything real training produces.
+widened dtype of the logits (float32; float64 stays float64). The largest value the backward then
+hands to float32 is d (lambda term) / d (d L / d x) ~ 2 lambda / (rows sqrt(D L) s^1.5) (D the input
+width): ~1e19 at s = 1e-22 and lambda 1e-10, overflowing only below s ~ 1e-34.
 
 Floor: a score of exactly 0 (a modality the head ignores: its gradient is exactly zero) would make
 1/s infinite. 'max_ent' therefore clamps each score at `RegParameters.score_floor`, by default the
