@@ -8,9 +8,11 @@ answer is type x 200 + concept, concepts are skewed per type (the question-type 
 Part 1, at initialisation (one step each, float32, batch 128 and 512): both wirings' information
 scores, the term, the regulariser's share of the loss (lambda x term / task loss) and the ratio of
 gradient norms ||d (lambda term) / d theta|| / ||d task / d theta||.
-Part 2, training (batch 32, 150 steps per wiring, both wirings; about 15 minutes on 2 shared CPU
-cores): per step the scores, the term, the share and the floored count; every --every steps the
-gradient-norm ratio. Prints a summary; --write puts it in bench/REG_TRAINING.md.
+Part 2, training (batch 32, 150 steps per wiring, both wirings): per step the scores, the term, the
+share and the floored count; every --every steps the gradient-norm ratio. Prints a summary; --write
+puts it in bench/REG_TRAINING.md. Time: a step at batch 32 took ~0.6 s (legacy) in a quiet stretch on
+2 CPU threads, so the whole run is ~5 minutes on 2 idle cores; the recorded run took 31 minutes with
+the 2 cores shared by other jobs (load ~9).
 
     python -m bench.bench_reg_training [--steps 150] [--batch 32] [--every 25] [--quick] [--write]
 """
