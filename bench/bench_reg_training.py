@@ -1,7 +1,7 @@
 """The functional-entropy regulariser over a few hundred real-size training steps (issue #13).
 
 BUTD (num_hid 1024, 36 boxes x 2048), 2,000 answers, learned-mixin +H, lambda 1e-10, Adamax 0.002, clip
-0.25, the project's `Objective` / `train_step`, on synthetic data with a learnable signal: the first
+0.25, the project's `Objective` / `train_step`, on synthetic data with a learnable signal: the last
 word gives one of 10 question types, the boxes carry the prototype of one of 200 image concepts, the
 answer is type x 200 + concept, concepts are skewed per type (the question-type prior b is that skew).
 
@@ -101,11 +101,13 @@ def probe(objective: Objective, data: Batch, step_id: int) -> Probe:
     with parametrize.cached():
         _, _, parts = objective(*data, step_id=step_id)
         task = sum(parts[k] for k in TASK_PARTS if k in parts)
+        figures = {k: float(v.detach()) for k, v in parts.items()}
         g_reg = torch.autograd.grad(parts["reg_loss"], params, retain_graph=True, allow_unused=True,
                                     materialize_grads=True)
         g_task = torch.autograd.grad(task, params, allow_unused=True, materialize_grads=True)
-    return Probe(float(parts["score_q"]), float(parts["score_v"]), float(parts["reg_term"]),
-                 float(parts["reg_loss"]) / float(task), int(parts["floored"]), grad_norm(g_reg) / grad_norm(g_task))
+    share = figures["reg_loss"] / float(task.detach())
+    return Probe(figures["score_q"], figures["score_v"], figures["reg_term"], share, int(figures["floored"]),
+                 grad_norm(g_reg) / grad_norm(g_task))
 
 
 @dataclass
