@@ -177,13 +177,34 @@ def test_max_ent_is_overflow_safe_and_floored() -> None:
     assert not torch.isfinite(naive)
     exact = sum((1 / x) ** 4 for x in (1e-12, 2e-12)) ** 0.25
     assert math.isclose(Regularization.get_regularization_term(tiny, 4.0).item(), exact, rel_tol=1e-6)
-    zero = torch.tensor([0.0, 1e-30, 0.5], requires_grad=True)
-    term = Regularization.get_regularization_term(zero, 2.0)
-    assert torch.isfinite(term)
-    assert math.isclose(term.item(), math.sqrt(2 / SCORE_FLOOR**2 + 4), rel_tol=1e-6)
-    assert Regularization.count_floored(zero).item() == 2
-    (grad,) = torch.autograd.grad(term, zero)
-    assert torch.isfinite(grad).all() and grad[0] == 0 and grad[2] < 0
+    # the floor is float32's smallest normal number: it lifts 0 and a denormal, not 1e-37 (contract of
+    # issue #13; the old 1e-15 floor also lifted every score real training produces)
+    assert SCORE_FLOOR == torch.finfo(torch.float32).tiny
+    scores = torch.tensor([0.0, 1e-39, 1e-37, 0.5])
+    term = Regularization.get_regularization_term(scores, 2.0)
+    assert term.dtype == torch.float32 and torch.isfinite(term)
+    assert math.isclose(term.item(), math.sqrt(2 / SCORE_FLOOR**2 + 1e74 + 4), rel_tol=1e-6)
+    assert Regularization.count_floored(scores).item() == 2
+    # float64 scores with a float32 result: the floor of float32; no gradient through a floored score
+    s = torch.tensor([0.0, 1e-20, 0.5], dtype=torch.float64, requires_grad=True)
+    term = Regularization.get_regularization_term(s, 2.0, dtype=torch.float32)
+    assert term.dtype == torch.float32 and math.isclose(term.item(), 1 / SCORE_FLOOR, rel_tol=1e-6)
+    (grad,) = torch.autograd.grad(term, s)
+    assert grad[0] == 0 and torch.isfinite(grad).all() and grad[1] < 0 and grad[2] < 0
+
+
+def test_published_size_scores_keep_their_gradient() -> None:
+    """The published wiring's scores at batch 128 (5.5e-19, 1.2e-19): not floored, and
+    d (lambda ||1/s||_2) / d s_i = -lambda s_i^-3 / ||1/s||_2, finite in float32 at lambda 1e-10."""
+    s = torch.tensor([5.5e-19, 1.2e-19], requires_grad=True)
+    assert Regularization.count_floored(s).item() == 0
+    term = Regularization.get_regularization_term(s, 2.0)
+    (grad,) = torch.autograd.grad(1e-10 * term, s)
+    s64 = s.detach().double()
+    norm = math.sqrt(sum(1 / x**2 for x in s64.tolist()))
+    assert math.isclose(term.item(), norm, rel_tol=1e-6)
+    want = [-1e-10 / x**3 / norm for x in s64.tolist()]
+    assert torch.allclose(grad.double(), torch.tensor(want, dtype=torch.float64), rtol=1e-5)
 
 
 def test_reg_parameters_alias_and_validation() -> None:
@@ -194,7 +215,7 @@ def test_reg_parameters_alias_and_validation() -> None:
     p.lambda_ = 0.25
     assert p.delta == 0.25
     for bad in ({"estimation": "kl"}, {"optim_method": "normalized"}, {"estimation": "dif_ent"},
-                {"noise_dim": 2}, {"n_samples": 0}, {"score_floor": 0.0}):
+                {"noise_dim": 2}, {"n_samples": 0}, {"score_floor": 0.0}, {"score_scale": "batch"}):
         with pytest.raises(VQAError):
             RegParameters(**bad)
     assert RegParameters(estimation="dif_ent", grad=False).estimation == "dif_ent"

@@ -71,6 +71,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--inf_legacy", action="store_true",
                    help="the published code's wiring: a second trunk pass, the noise std differentiated, "
                         "reversed BCE arguments")
+    g.add_argument("--inf_score_scale", choices=("paper", "per_question"), default="paper",
+                   help="information scores as published (~1/(batch x answers)^2) or per question (batch-size "
+                        "free; lambda then means something else, see the README's regulariser section)")
     p.add_argument("--val_fraction", type=fraction, default=0.0,
                    help="hold out this fraction of training questions (split by image) for validation")
     p.add_argument("--select_on", choices=("last", "val"), default="last",

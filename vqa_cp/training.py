@@ -40,7 +40,7 @@ from vqa_cp.losses import build_loss
 from vqa_cp.model import build_model
 from vqa_cp.objective import TASK_PARTS, TERM_NAMES, NonFiniteLoss, Objective
 from vqa_cp.records import Records
-from vqa_cp.regularization import RegParameters
+from vqa_cp.regularization import RegParameters, Regularization
 
 Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
 
@@ -352,7 +352,8 @@ def build_objective(args: argparse.Namespace, data: TrainingData) -> Objective:
                 m.p = 0.0
     loss_fn = build_loss(args.mode, num_hid=args.num_hid, entropy_penalty=args.entropy_penalty)
     reg = RegParameters(n_samples=args.n_samples, norm=args.norm, estimation=args.estimation,
-                        optim_method=args.optim_method, grad=args.grad, lambda_=args.inf_lambda)
+                        optim_method=args.optim_method, grad=args.grad, lambda_=args.inf_lambda,
+                        score_scale=args.inf_score_scale)
     return Objective(model, loss_fn, reg, legacy=args.inf_legacy, seed=args.seed)
 
 
@@ -452,7 +453,7 @@ def note_step(run: Run, epoch: int, global_step: int, figures: dict[str, float],
     if measured:
         run.records.step({"epoch": epoch + 1, "global_step": global_step, **figures})
     if figures.get("floored", 0) > 0:
-        floor = run.objective.reg.score_floor
+        floor = run.objective.reg.score_floor or Regularization.default_floor(torch.float32)
         for key, name in (("score_q", "question"), ("score_v", "image")):
             if figures[key] < floor and key not in run.warned:
                 run.warned.add(key)
