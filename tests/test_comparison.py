@@ -169,7 +169,7 @@ def test_other_flags_or_data_are_refused(compared, toy, tmp_path):
     (("--seed", "3"), r"--seed \(set by --seeds\)"),
     (("--out", "x"), r"--output \(set by --output\)"),  # argparse abbreviation of --output
     (("--entropy_penalty", "0"), r"--entropy_penalty \(set by --methods\)"),
-    (("--num_hid", "zero"), "argument --num_hid: must be a positive integer, got zero"),
+    (("--num_hid", "zero"), "argument --num_hid: must be a positive integer, got 'zero'"),
 ])
 def test_bad_pass_through_flags(toy, tmp_path, extra, message):
     with pytest.raises(VQAError, match=message):
