@@ -283,6 +283,19 @@ class FeatureStore:
         """float32 [B, K, D] features of a batch of row indices, gathered where the features live."""
         return self._device_cache[rows.to(self._device_cache.device, non_blocking=True)].float()
 
+    def batch(self, rows: np.ndarray) -> torch.Tensor:
+        """The batch of `features(r)` for every r in `rows`, stacked: float32 [B, K, D] gathered by index
+        from the cache or read from HDF5 in increasing row order (each row once); int64 [B] row indices
+        once `keep_on_device` ran (then `gather` gives the features)."""
+        rows = np.asarray(rows, dtype=np.int64)
+        if self._device_cache is not None:
+            return torch.from_numpy(rows.copy())
+        if self._cache is not None:
+            return self._cache.index_select(0, torch.from_numpy(rows)).to(torch.float32)
+        unique, inverse = np.unique(rows, return_inverse=True)
+        block = torch.from_numpy(self._features_data()[unique]).to(torch.float32)
+        return block if len(unique) == len(rows) and np.array_equal(unique, rows) else block[torch.from_numpy(inverse)]
+
     def __getstate__(self) -> dict:
         # a spawned worker receives no open HDF5 handle; it opens its own
         state = self.__dict__.copy()
