@@ -372,3 +372,20 @@ def test_evaluation_files_match_the_json_module(tmp_path):
                result.per_question_by_answer_type)
     for path, obj in zip(paths, objects):
         assert json.loads(path.read_text()) == json.loads(json.dumps(obj))
+
+
+@pytest.mark.parametrize("wrapped", [True, False])
+def test_typed_and_dict_paths_agree(tmp_path, monkeypatch, wrapped):
+    """The msgspec fast path gives what the json-module path gives, also with repeated answer ids (records
+    compared whole) and extra fields."""
+    import vqa_cp.evaluation as evaluation
+
+    q, a, r = write_case(tmp_path, GOOD, wrapped=wrapped)
+    anns = json.loads(a.read_text())
+    entries = anns["annotations"] if wrapped else anns
+    entries[0]["answers"][1]["answer_id"] = entries[0]["answers"][0]["answer_id"]  # a repeated id
+    entries[1]["extra"] = {"nested": [1, 2]}
+    a.write_text(json.dumps(anns))
+    fast = evaluate_files(q, a, r)
+    monkeypatch.setattr(evaluation, "msgspec", None)
+    assert evaluate_files(q, a, r) == fast
