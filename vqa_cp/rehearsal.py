@@ -277,7 +277,7 @@ def _write_features(path: Path, rng: np.random.Generator, config: RehearsalConfi
             v += p_subject[subjects[start:stop]]
             v += p_answer[answers[start:stop]]
             np.maximum(v, 0, out=v)
-            corners = rng.random((stop - start, config.boxes, 2), dtype=np.float32) * 0.6
+            corners = rng.random((stop - start, config.boxes, 2), dtype=np.float32) * 0.55
             sides = rng.random((stop - start, config.boxes, 2), dtype=np.float32) * 0.4 + 0.05
             size = np.stack([widths[start:stop], heights[start:stop]], axis=1)[:, None, :].astype(np.float32)
             boxes = np.concatenate([corners, corners + sides], axis=2) * np.tile(size, (1, 1, 2))
