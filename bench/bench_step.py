@@ -28,8 +28,9 @@ from tqdm import tqdm
 from vqa_cp.errors import VQAError, run_cli
 from vqa_cp.losses import LOSS_MODES, build_loss
 from vqa_cp.model import build_model
+from vqa_cp.objective import Objective
 from vqa_cp.regularization import RegParameters
-from vqa_cp.training import Objective, train_step
+from vqa_cp.training import train_step
 
 Batch = tuple[Tensor, Tensor, Tensor, Tensor]
 

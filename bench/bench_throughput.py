@@ -22,8 +22,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from vqa_cp.errors import run_cli  # noqa: E402
 from vqa_cp.losses import build_loss  # noqa: E402
 from vqa_cp.model import build_model  # noqa: E402
+from vqa_cp.objective import Objective  # noqa: E402
 from vqa_cp.regularization import RegParameters  # noqa: E402
-from vqa_cp.training import Objective, train_step  # noqa: E402
+from vqa_cp.training import train_step  # noqa: E402
 
 TRAIN_QUESTIONS = 438_183  # VQA-CP v2 train
 

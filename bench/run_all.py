@@ -1,6 +1,9 @@
-"""Run every benchmark in bench/ and write bench/RESULTS.md (machine description + each script's output).
+"""Run every benchmark in bench/ and report (machine description + each script's output).
 
-    python bench/run_all.py [--quick] [--only data,evaluation,step,step_bf16,throughput,toy]
+    python bench/run_all.py [--quick] [--only data,evaluation,step,step_bf16,throughput,toy] [--write | --output F]
+
+The report goes to the terminal; `--write` replaces the committed bench/RESULTS.md (refused with --quick,
+whose smoke-run figures go to `--output F` or the terminal only).
 
 Each script reports medians of several runs and its ratios measured side by side in one process.
 Benchmarks are never part of the test suite's pass/fail.
@@ -65,19 +68,25 @@ def machine() -> str:
             f"torch {torch.__version__}, torch threads {torch.get_num_threads()}")
 
 
-def main(argv: list[str]) -> Path:
+def main(argv: list[str]) -> Path | None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="small sizes (minutes, not tens of minutes)")
     p.add_argument("--only", default=",".join(BENCHMARKS))
-    p.add_argument("--output", default=str(ROOT / "bench" / "RESULTS.md"))
+    p.add_argument("--write", action="store_true", help="write bench/RESULTS.md (a full run only)")
+    p.add_argument("--output", default=None, help="write the report to this file instead")
     args = p.parse_args(argv)
+    if args.write and args.output:
+        raise VQAError("give --write (bench/RESULTS.md) or --output PATH, not both")
+    if args.write and args.quick:
+        raise VQAError("--quick figures never replace the committed bench/RESULTS.md: use --output PATH")
+    out = Path(args.output) if args.output else ROOT / "bench" / "RESULTS.md" if args.write else None
     names = [n for n in args.only.split(",") if n]
     unknown = [n for n in names if n not in BENCHMARKS]
     if unknown:
         raise VQAError(f"unknown benchmark {', '.join(unknown)}; choose from {', '.join(BENCHMARKS)}")
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     sections = [f"# Benchmark results\n\n{datetime.date.today()}; {machine()}.\n\n"
-                f"Command: `python bench/run_all.py{' --quick' if args.quick else ''}`. Figures are medians; "
+                f"Command: `python bench/run_all.py{' --quick' if args.quick else ' --write'}`. Figures are medians; "
                 "ratios are measured side by side in one process. Times on a shared machine vary; compare "
                 "ratios, not absolute CPU times.\n"]
     failed = []
@@ -95,11 +104,14 @@ def main(argv: list[str]) -> Path:
             body += "\n" + "\n".join(proc.stderr.strip().splitlines()[-5:])
         sections.append(f"\n## {name}{status}\n\n{what}. `{' '.join(cmd[1:])}`, {took:.0f} s.\n\n```\n{body}\n```\n")
         print(body, file=sys.stderr)
-    out = Path(args.output)
-    write_text(out, "".join(sections))
-    print(f"wrote {out}", file=sys.stderr)
+    report = "".join(sections)
+    if out is None:
+        print(report)
+    else:
+        write_text(out, report)
+        print(f"wrote {out}", file=sys.stderr)
     if failed:
-        raise VQAError(f"benchmarks failed: {', '.join(failed)} (see {out})")
+        raise VQAError(f"benchmarks failed: {', '.join(failed)}" + (f" (see {out})" if out else ""))
     return out
 
 

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from vqa_cp import config as trainer_config
 from vqa_cp import training
 from vqa_cp.comparison import ComparisonConfig, mean_std, run_comparison
 from vqa_cp.errors import VQAError
@@ -95,7 +96,7 @@ def test_each_method_and_seed_trained_with_its_flags(compared):
                 assert args["mode"] == "none" and args["inf_lambda"] == 0
             else:
                 assert args["mode"] == "learned_mixin" and args["entropy_penalty"] == 0.36
-                assert args["inf_lambda"] == training.TOY_DEFAULTS["inf_lambda"]
+                assert args["inf_lambda"] == trainer_config.TOY_DEFAULTS["inf_lambda"]
 
 
 def test_table_means_and_stds_match_the_runs(compared):
@@ -168,7 +169,7 @@ def test_other_flags_or_data_are_refused(compared, toy, tmp_path):
     (("--seed", "3"), r"--seed \(set by --seeds\)"),
     (("--out", "x"), r"--output \(set by --output\)"),  # argparse abbreviation of --output
     (("--entropy_penalty", "0"), r"--entropy_penalty \(set by --methods\)"),
-    (("--num_hid", "zero"), "invalid _positive_int value"),
+    (("--num_hid", "zero"), "argument --num_hid: must be a positive integer, got zero"),
 ])
 def test_bad_pass_through_flags(toy, tmp_path, extra, message):
     with pytest.raises(VQAError, match=message):

@@ -5,8 +5,9 @@ import torch
 
 from vqa_cp.losses import build_loss
 from vqa_cp.model import build_model
+from vqa_cp.objective import Objective
 from vqa_cp.regularization import RegParameters
-from vqa_cp.training import Objective, train_step
+from vqa_cp.training import train_step
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 

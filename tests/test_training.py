@@ -10,11 +10,13 @@ import torch
 
 from tests.conftest import tiny_args
 from vqa_cp import checkpoints as ckpts
+from vqa_cp.config import parse_args
 from vqa_cp.errors import VQAError
 from vqa_cp.losses import build_loss
 from vqa_cp.model import build_model
+from vqa_cp.objective import Objective
 from vqa_cp.regularization import RegParameters
-from vqa_cp.training import Objective, main, parse_args
+from vqa_cp.training import main
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -26,8 +26,8 @@ from vqa_cp.comparison import (  # noqa: E402
     format_markdown,
     run_comparison,
 )
+from vqa_cp.config import TOY_DEFAULTS  # noqa: E402
 from vqa_cp.errors import run_cli  # noqa: E402
-from vqa_cp.training import TOY_DEFAULTS  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Raw data -> DATA/processed/ (docs/DESIGN.md). Each step skips itself when its outputs are up to date.
+# Raw data -> DATA/processed/ (docs/DESIGN.md). Each step skips itself when its record (inputs' contents,
+# parameters, outputs) matches; see docs/DESIGN.md "Processed layout".
 # Usage: bash tools/process.sh [--data DIR] [--fp16] [--min-count N]
 set -euo pipefail
 

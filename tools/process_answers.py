@@ -4,9 +4,14 @@ for VQA-CP v2 (cp) and VQA v2 (v2), each when its raw files exist."""
 from __future__ import annotations
 
 import argparse
+import sys
+from pathlib import Path
 
-from vqa_cp.errors import run_cli
-from vqa_cp.processing import DEFAULT_MIN_COUNT, process_answers
+# Run as a script from anywhere: make the repository's package importable.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from vqa_cp.errors import run_cli  # noqa: E402
+from vqa_cp.processing import DEFAULT_MIN_COUNT, process_answers  # noqa: E402
 
 
 def main() -> None:

@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import sys
+from pathlib import Path
 
-from vqa_cp.errors import run_cli
-from vqa_cp.processing import process_text
+# Run as a script from anywhere: make the repository's package importable.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from vqa_cp.errors import run_cli  # noqa: E402
+from vqa_cp.processing import process_text  # noqa: E402
 
 
 def main() -> None:

@@ -109,8 +109,9 @@ def checkpoint_name(epoch: int, step: int) -> str:
     return f"checkpoint_e{epoch:03d}_s{step:07d}.pth"
 
 
-def load_newest_checkpoint(output_dir: str | os.PathLike) -> tuple[Path, dict[str, Any]]:
-    """The newest complete checkpoint of a folder; a truncated newer one is skipped with a warning."""
+def load_newest_checkpoint(output_dir: str | os.PathLike, run_id: str | None = None) -> tuple[Path, dict[str, Any]]:
+    """The newest complete checkpoint of a folder; a truncated newer one is skipped with a warning, and so is
+    one of another run than `run_id` (when given)."""
     candidates = list_checkpoints(output_dir)
     if not candidates:
         raise VQAError(f"--resume {output_dir}: no checkpoint_e*_s*.pth in that folder")
@@ -122,6 +123,9 @@ def load_newest_checkpoint(output_dir: str | os.PathLike) -> tuple[Path, dict[st
             continue
         if not isinstance(ckpt, dict) or ckpt.get("version") != CHECKPOINT_VERSION:
             warnings.warn(f"skipping {path.name}: not a vqa_cp training checkpoint", stacklevel=2)
+            continue
+        if run_id is not None and ckpt.get("run_id") != run_id:
+            warnings.warn(f"skipping {path.name}: written by another run than the one run.json names", stacklevel=2)
             continue
         return path, ckpt
     raise VQAError(f"--resume {output_dir}: every checkpoint there is unreadable or truncated")

@@ -31,13 +31,13 @@ from typing import Any
 from tqdm import tqdm
 
 from vqa_cp.checkpoints import list_checkpoints
+from vqa_cp.config import MODES, TOY_DEFAULTS, build_parser, parse_args
 from vqa_cp.dataset import EVAL_NAMES
 from vqa_cp.errors import VQAError
 from vqa_cp.files import atomic_path, load_json, write_json, write_text
 from vqa_cp.losses import DEFAULT_ENTROPY_PENALTY
 from vqa_cp.processing import ANSWER_TYPES, ANSWERS_FILE, DATASETS, DICTIONARY_FILE, processed_dir
 from vqa_cp.toy import ensure_toy_data
-from vqa_cp.training import MODES, TOY_DEFAULTS, build_parser, parse_args
 
 MAIN_SCRIPT = Path(__file__).resolve().parent.parent / "main.py"
 REG_SUFFIX = "+reg"
@@ -230,6 +230,8 @@ def train_run(run_dir: Path, argv: list[str], runner: Runner) -> dict[str, Any] 
     (run_dir / CRASH_FILE).unlink(missing_ok=True)
     if list_checkpoints(run_dir):
         argv = ["--resume", str(run_dir)]
+    else:  # a run that crashed before its first checkpoint left nothing worth keeping
+        argv = [*argv, "--overwrite"]
     log_path = run_dir / RUN_OUTPUT_FILE
     status = runner(argv, log_path)
     if status == 0 and (run_dir / RESULTS_FILE).is_file():

@@ -12,7 +12,7 @@ import torch
 from torch.utils.data import Dataset
 
 from vqa_cp.errors import VQAError
-from vqa_cp.features import FEATURES_FILE, FeatureStore
+from vqa_cp.features import FEATURES_FILE, FeatureStore, features_problem
 from vqa_cp.files import load_json
 from vqa_cp.processing import (
     ANSWER_TYPES,
@@ -26,6 +26,7 @@ from vqa_cp.processing import (
     load_dictionary,
     processed_dir,
 )
+from vqa_cp.provenance import RECORD_FILE, DigestCache, check_record_file, output_problem, record_path
 from vqa_cp.text import Dictionary
 
 ANNOTATION_COLUMNS = ("question_id", "question", "question_type", "answer_type", "answers",
@@ -48,6 +49,32 @@ def _check(dataset: str, split: str | None = None) -> None:
         raise VQAError(f"unknown split {split!r}; expected one of {', '.join(SPLITS)}")
 
 
+RERUN = "rerun tools/process.sh"
+
+
+def verify_processed(data_dir: str | os.PathLike, dataset: str) -> None:
+    """Refuse (one line naming the file) processed files that do not match their step records: truncated,
+    corrupt, replaced, or a set left half new by an interrupted run; and a dataset or GloVe init made from
+    another dictionary.json than the one present. Digests come from the read-only digest cache when a file's
+    (device, inode, size, mtime_ns, ctime_ns) is known, else are computed."""
+    out = processed_dir(data_dir)
+    _require(out / DICTIONARY_FILE, data_dir)
+    cache = DigestCache(out, writable=False)
+    steps = {"dictionary": (out, record_path(out, "dictionary")), "glove": (out, record_path(out, "glove")),
+             dataset: (out / dataset, _require(out / dataset / ANSWERS_FILE, data_dir).parent / RECORD_FILE)}
+    records = {}
+    for step, (base, path) in steps.items():
+        records[step] = check_record_file(path, f"the {step} step")
+        problem = output_problem(base, records[step], cache)
+        if problem:
+            raise VQAError(f"{problem}; {RERUN}")
+    made = records["dictionary"]["outputs"].get(DICTIONARY_FILE)
+    for step in ("glove", dataset):
+        if records[step].get("inputs", {}).get(f"processed/{DICTIONARY_FILE}") != made:
+            raise VQAError(f"{steps[step][1]}: made from another {DICTIONARY_FILE} than {out / DICTIONARY_FILE} "
+                           f"(interrupted processing?); {RERUN}")
+
+
 @dataclass
 class Processed:
     """The processed files a model and trainer need besides the questions themselves."""
@@ -63,6 +90,7 @@ def load_processed(data_dir: str | os.PathLike, dataset: str = "cp") -> Processe
     """Dictionary, GloVe init, answer list, question types and bias priors of `dataset`."""
     _check(dataset)
     out = processed_dir(data_dir)
+    verify_processed(data_dir, dataset)
     dictionary = load_dictionary(_require(out / DICTIONARY_FILE, data_dir))
     glove_path = _require(out / GLOVE_INIT_FILE, data_dir)
     glove = np.load(glove_path, allow_pickle=False)
@@ -291,7 +319,11 @@ def load_training_data(data_dir: str | os.PathLike, nocp: bool = False, cache_fe
     if cache_dtype not in dtypes:
         raise VQAError(f"cache dtype must be float16 or float32, got {cache_dtype!r}")
     processed = load_processed(data_dir, dataset)
-    features = FeatureStore(_require(processed_dir(data_dir) / FEATURES_FILE, data_dir))
+    features_path = _require(processed_dir(data_dir) / FEATURES_FILE, data_dir)
+    problem = features_problem(processed_dir(data_dir))
+    if problem:
+        raise VQAError(f"{problem}; {RERUN}")
+    features = FeatureStore(features_path)
     train = VQADataset(data_dir, dataset, "train", features=features, processed=processed)
     val = None
     if val_fraction > 0:

@@ -7,6 +7,7 @@ features (base64 float32 [num_boxes, D]); tab separated, no header.
 from __future__ import annotations
 
 import binascii
+import hashlib
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -18,8 +19,19 @@ import torch
 from tqdm import tqdm
 
 from vqa_cp.errors import VQAError
-from vqa_cp.files import atomic_path, is_up_to_date, remove_stale_temps
+from vqa_cp.files import atomic_path, remove_stale_temps, write_json
 from vqa_cp.processing import processed_dir
+from vqa_cp.provenance import (
+    DigestCache,
+    digest_cache,
+    file_entry,
+    is_current,
+    make_record,
+    output_problem,
+    read_record,
+    record_path,
+    stat_key,
+)
 
 TSV_FIELDS = ("image_id", "image_w", "image_h", "num_boxes", "boxes", "features")
 TSV_FILE = "trainval_36/trainval_resnet101_faster_rcnn_genome_36.tsv"
@@ -29,6 +41,9 @@ BOX_COORDS = 4
 WRITE_BLOCK = 64  # images buffered per HDF5 write
 CACHE_BLOCK = 256  # images read per step while caching
 MEMINFO = "/proc/meminfo"
+SMALL_DATASETS = ("image_id", "image_w", "image_h")
+SAMPLED_ROWS = 64  # rows of features and boxes digested by `h5_summary`
+FEATURES_STEP = "features"
 
 
 @dataclass
@@ -71,8 +86,11 @@ def decode_row(line: bytes, path: str | os.PathLike = "<tsv>", lineno: int = 0) 
                   np.frombuffer(features, dtype=np.float32).reshape(num_boxes, -1))
 
 
-def iter_tsv(path: str | os.PathLike, progress: bool = True) -> Iterator[tuple[int, TSVRow]]:
-    """Yield (line number, decoded row) for each non-empty line, with a byte progress bar."""
+def iter_tsv(path: str | os.PathLike, progress: bool = True, digest=None) -> Iterator[tuple[int, TSVRow]]:
+    """Yield (line number, decoded row) for each non-empty line, with a byte progress bar.
+
+    `digest` (a hashlib object), when given, is fed every byte read: after the last row it is the file's.
+    """
     path = Path(path)
     if not path.is_file():
         raise VQAError(f"feature TSV not found: {path}")
@@ -80,18 +98,21 @@ def iter_tsv(path: str | os.PathLike, progress: bool = True) -> Iterator[tuple[i
                                      disable=not progress, leave=False) as bar:
         for lineno, line in enumerate(f, start=1):
             bar.update(len(line))
+            if digest is not None:
+                digest.update(line)
             if not line.isspace():  # (lines read from a file are never empty)
                 yield lineno, decode_row(line, path, lineno)
 
 
 def tsv_to_hdf5(tsv_path: str | os.PathLike, h5_path: str | os.PathLike, fp16: bool = False,
-                progress: bool = True) -> int:
+                progress: bool = True, digest=None) -> int:
     """Convert the TSV to one HDF5 file; returns the number of images.
 
     Datasets: features [N, K, D] (float32, or float16 with fp16) chunked one image per chunk,
     boxes [N, K, 4] float32, image_w [N], image_h [N], image_id [N] int64, all in file order.
     Every image must have the same K and D; image ids must be unique. Written to a temporary name,
-    so a bad row leaves no file.
+    so a bad row leaves no file. `digest`: see `iter_tsv`. No object times are stored, so the same TSV
+    gives the same bytes.
     """
     tsv_path = Path(tsv_path)
     dtype = np.float16 if fp16 else np.float32
@@ -114,7 +135,7 @@ def tsv_to_hdf5(tsv_path: str | os.PathLike, h5_path: str | os.PathLike, fp16: b
             n = end
             buffer.clear()
 
-        for lineno, row in iter_tsv(tsv_path, progress):
+        for lineno, row in iter_tsv(tsv_path, progress, digest):
             if row.image_id in first_line:
                 raise VQAError(f"{tsv_path}: line {lineno}: duplicate image_id {row.image_id} "
                                f"(first on line {first_line[row.image_id]})")
@@ -122,12 +143,13 @@ def tsv_to_hdf5(tsv_path: str | os.PathLike, h5_path: str | os.PathLike, fp16: b
             if shape is None:
                 shape = row.features.shape
                 k, d = shape
-                h5.create_dataset("features", (0, k, d), maxshape=(None, k, d), chunks=(1, k, d), dtype=dtype)
+                h5.create_dataset("features", (0, k, d), maxshape=(None, k, d), chunks=(1, k, d), dtype=dtype,
+                                  track_times=False)
                 h5.create_dataset("boxes", (0, k, BOX_COORDS), maxshape=(None, k, BOX_COORDS),
-                                  chunks=(1, k, BOX_COORDS), dtype=np.float32)
+                                  chunks=(1, k, BOX_COORDS), dtype=np.float32, track_times=False)
                 for name in ("image_w", "image_h", "image_id"):
                     h5.create_dataset(name, (0,), maxshape=(None,), chunks=(WRITE_BLOCK * 16,),
-                                      dtype=np.int64)
+                                      dtype=np.int64, track_times=False)
             elif row.features.shape != shape:
                 raise VQAError(f"{tsv_path}: line {lineno} (image_id {row.image_id}): features "
                                f"{row.features.shape[0]} x {row.features.shape[1]}, but earlier images have "
@@ -142,21 +164,74 @@ def tsv_to_hdf5(tsv_path: str | os.PathLike, h5_path: str | os.PathLike, fp16: b
     return n
 
 
+def _array_digest(array: np.ndarray) -> str:
+    return hashlib.sha256(np.ascontiguousarray(array).tobytes()).hexdigest()
+
+
+def h5_summary(path: Path) -> dict:
+    """A cheap fingerprint of features.h5 (no full read of 36 GB): shape, dtype and digest of image_id,
+    image_w and image_h, and of SAMPLED_ROWS evenly spaced rows of features and boxes."""
+    try:
+        with h5py.File(path, "r") as h5:
+            out = {}
+            for name in SMALL_DATASETS:
+                out[name] = [list(h5[name].shape), str(h5[name].dtype), _array_digest(h5[name][:])]
+            n = h5["features"].shape[0]
+            rows = np.unique(np.linspace(0, n - 1, min(n, SAMPLED_ROWS)).astype(np.int64)) if n else []
+            for name in ("features", "boxes"):
+                data = h5[name]
+                sample = hashlib.sha256()
+                for r in rows:
+                    sample.update(np.ascontiguousarray(data[int(r)]).tobytes())
+                out[name] = [list(data.shape), str(data.dtype), sample.hexdigest()]
+    except (OSError, KeyError, ValueError) as exc:
+        reason = " ".join(str(exc).split())
+        raise VQAError(f"{path}: not a readable features file (truncated or corrupt?): {reason}") from None
+    return out
+
+
+def features_problem(processed: Path, cache: DigestCache | None = None) -> str | None:
+    """None when features.h5 matches its record (size, then `h5_summary`), else why not (one line)."""
+    record = read_record(record_path(processed, FEATURES_STEP))
+    if record is None:
+        return f"{record_path(processed, FEATURES_STEP)}: no readable processing record for {FEATURES_FILE}"
+    return output_problem(processed, record, cache or DigestCache(processed, writable=False),
+                          {FEATURES_FILE: h5_summary})
+
+
 def process_features(data_dir: str | os.PathLike, fp16: bool = False, log=print) -> None:
-    """Step 3: DATA/trainval_36/...tsv -> DATA/processed/features.h5, skipped when up to date."""
+    """Step 3: DATA/trainval_36/...tsv -> DATA/processed/features.h5, skipped when its record matches.
+
+    The TSV is digested while it is converted (one read); a later run digests it only when its
+    (device, inode, size, mtime_ns, ctime_ns) is not in the digest cache.
+    """
     tsv_path = Path(data_dir) / TSV_FILE
-    h5_path = processed_dir(data_dir) / FEATURES_FILE
+    processed = processed_dir(data_dir)
+    h5_path = processed / FEATURES_FILE
     if not tsv_path.is_file():
         raise VQAError(f"feature TSV not found: {tsv_path} (run tools/download.sh or `python main.py --toy`)")
     want = np.dtype(np.float16 if fp16 else np.float32)
-    if is_up_to_date([h5_path], [tsv_path]):
-        with h5py.File(h5_path, "r") as h5:
-            have = h5["features"].dtype
-        if have == want:
-            log(f"skip features: {h5_path} is up to date ({have})")
-            return
-    remove_stale_temps(h5_path)
-    n = tsv_to_hdf5(tsv_path, h5_path, fp16)
+    params = {"fp16": fp16}
+    with digest_cache(processed) as cache:
+        record = read_record(record_path(processed, FEATURES_STEP))
+        # another dtype or TSV size is stale without reading the 45 GB TSV
+        known = (record is not None and record.get("params") == params
+                 and record.get("inputs", {}).get(TSV_FILE, {}).get("size") == tsv_path.stat().st_size)
+        if known:
+            inputs = {TSV_FILE: file_entry(tsv_path, cache)}
+            if is_current(record, FEATURES_STEP, params, inputs) and features_problem(processed, cache) is None:
+                log(f"skip features: {h5_path} is up to date ({want})")
+                return
+        remove_stale_temps(h5_path)
+        before = stat_key(tsv_path)
+        digest = hashlib.sha256()
+        n = tsv_to_hdf5(tsv_path, h5_path, fp16, digest=digest)
+        if stat_key(tsv_path) != before:
+            raise VQAError(f"{tsv_path}: changed while it was converted; run again")
+        cache.remember(tsv_path, digest.hexdigest())
+        inputs = {TSV_FILE: {"size": tsv_path.stat().st_size, "sha256": digest.hexdigest()}}
+        outputs = {FEATURES_FILE: file_entry(h5_path, cache, h5_summary)}
+        write_json(record_path(processed, FEATURES_STEP), make_record(FEATURES_STEP, params, inputs, outputs))
     log(f"wrote {h5_path}: {n} images, {want}")
 
 

@@ -27,17 +27,6 @@ def remove_stale_temps(path: Path) -> None:
             stale.unlink()
 
 
-def is_up_to_date(outputs: Sequence[Path], inputs: Sequence[Path]) -> bool:
-    """True when every output exists and is not older than any input.
-
-    Equal times count as up to date: file systems stamp with a coarse clock, so an output written
-    right after its input (dictionary.json, then the GloVe init) may carry the same time.
-    """
-    if not all(p.is_file() for p in outputs):
-        return False
-    return min(p.stat().st_mtime_ns for p in outputs) >= max(p.stat().st_mtime_ns for p in inputs)
-
-
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside `path`; rename it onto `path` only if the block succeeds.
@@ -45,19 +34,34 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     An interrupted or failed write leaves `path` as it was (absent or the previous complete file).
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(path), suffix=_TEMP_SUFFIX, dir=path.parent)
+    with _naming(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(path), suffix=_TEMP_SUFFIX, dir=path.parent)
     os.close(fd)
     umask = os.umask(0)
     os.umask(umask)
     os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the file the permissions open() would
     tmp_path = Path(tmp)
     try:
-        yield tmp_path
-        os.replace(tmp_path, path)
+        with _naming(path):
+            yield tmp_path
+            os.replace(tmp_path, path)
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+@contextlib.contextmanager
+def _naming(path: Path) -> Iterator[None]:
+    """Give an OSError that names no file, or only our temporary, the name of the file being written
+    (a full disk raises ENOSPC from a write that names no file)."""
+    try:
+        yield
+    except OSError as exc:
+        name = None if exc.filename is None else Path(exc.filename)
+        if name is not None and not (name.parent == path.parent and name.name.startswith(_temp_prefix(path))):
+            raise
+        raise type(exc)(exc.errno, exc.strerror or str(exc), str(path)) from exc
 
 
 @contextlib.contextmanager

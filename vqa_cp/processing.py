@@ -5,22 +5,41 @@ Layouts are those of docs/DESIGN.md; the rules are those of PIPELINE_FACTS.md ("
 
 from __future__ import annotations
 
+import json
 import os
-from collections.abc import Sequence
+import shutil
+import zipfile
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
+from vqa_cp import raw
 from vqa_cp.errors import VQAError
-from vqa_cp.files import atomic_path, is_up_to_date, load_json, remove_stale_temps, write_json
+from vqa_cp.files import atomic_path, load_json, remove_stale_temps, write_json
+from vqa_cp.provenance import (
+    RECORD_FILE,
+    DigestCache,
+    Summary,
+    digest_cache,
+    file_entry,
+    is_current,
+    make_record,
+    new_staging,
+    output_problem,
+    read_record,
+    record_path,
+    recover_folder,
+    swap_in,
+)
 from vqa_cp.text import MAX_QUESTION_LENGTH, Dictionary, normalize_answer
 
 DATASETS = ("cp", "v2")
 SPLITS = ("train", "test")
 ANSWER_TYPES = ("yes/no", "number", "other")
-ANSWERS_PER_QUESTION = 10
+ANSWERS_PER_QUESTION = raw.ANSWERS_PER_QUESTION
 DEFAULT_MIN_COUNT = 9
 # score(n) for n = 0, 1, 2, 3, >=4 matching raw answers: the official leave-one-out accuracy.
 SOFT_SCORES = np.array([0.0, 0.3, 0.6, 0.9, 1.0], dtype=np.float32)
@@ -61,42 +80,14 @@ def dataset_outputs(data_dir: str | os.PathLike, dataset: str) -> list[Path]:
 # ----------------------------------------------------------------------------------------- raw json
 
 
-def _entries(path: Path, key: str, fields: Sequence[str]) -> list[dict]:
-    """Load a bare list (VQA-CP) or a {key: [...]} wrapper (VQA v2) and check each entry's fields."""
-    data = load_json(path, what=key)
-    if isinstance(data, dict):
-        if key not in data:
-            raise VQAError(f"{path}: expected a list or a dict with key '{key}'")
-        data = data[key]
-    if not isinstance(data, list):
-        raise VQAError(f"{path}: expected a list of {key}, got {type(data).__name__}")
-    for i, entry in enumerate(data):
-        missing = [f for f in fields if not isinstance(entry, dict) or f not in entry]
-        if missing:
-            raise VQAError(f"{path}: {key} entry {i} lacks {', '.join(missing)}")
-    return data
+def load_questions(path: str | os.PathLike) -> list[raw.Question]:
+    """Question entries (question_id, image_id, question) of a VQA v2 or VQA-CP v2 file, type-checked."""
+    return raw.load_questions(path)
 
 
-def load_questions(path: str | os.PathLike) -> list[dict]:
-    """Question entries (question_id, image_id, question) of a VQA v2 or VQA-CP v2 file."""
-    return _entries(Path(path), "questions", ("question_id", "image_id", "question"))
-
-
-def load_annotations(path: str | os.PathLike) -> list[dict]:
-    """Annotation entries of a VQA v2 or VQA-CP v2 file, each with exactly 10 raw answers."""
-    path = Path(path)
-    fields = ("question_id", "image_id", "question_type", "answer_type", "multiple_choice_answer", "answers")
-    annotations = _entries(path, "annotations", fields)
-    for a in annotations:
-        answers = a["answers"]
-        if (not isinstance(answers, list) or len(answers) != ANSWERS_PER_QUESTION
-                or not all(isinstance(x, dict) and isinstance(x.get("answer"), str) for x in answers)):
-            raise VQAError(f"{path}: question_id {a['question_id']}: 'answers' must be "
-                           f"{ANSWERS_PER_QUESTION} entries with an 'answer' string")
-        if a["answer_type"] not in ANSWER_TYPES:
-            raise VQAError(f"{path}: question_id {a['question_id']}: unknown answer_type "
-                           f"{a['answer_type']!r}")
-    return annotations
+def load_annotations(path: str | os.PathLike) -> list[raw.Annotation]:
+    """Annotation entries of a VQA v2 or VQA-CP v2 file, type-checked, each with exactly 10 raw answers."""
+    return raw.load_annotations(path, ANSWER_TYPES)
 
 
 def _first_ids(ids: Sequence[int], n: int = 5) -> str:
@@ -187,14 +178,58 @@ def save_npy(path: str | os.PathLike, array: np.ndarray) -> None:
         np.save(f, array, allow_pickle=False)
 
 
+NPZ_TIME = (1980, 1, 1, 0, 0, 0)  # a fixed member time: the same arrays give the same bytes
+
+
 def save_npz(path: str | os.PathLike, **arrays: np.ndarray) -> None:
-    """np.savez atomically."""
-    with atomic_path(path) as tmp, open(tmp, "wb") as f:
-        np.savez(f, **arrays)
+    """An uncompressed .npz (what np.savez writes, np.load reads) atomically, byte-identical for equal arrays."""
+    with atomic_path(path) as tmp, zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED) as zf:
+        for name, array in arrays.items():
+            with zf.open(zipfile.ZipInfo(f"{name}.npy", NPZ_TIME), "w", force_zip64=True) as member:
+                np.lib.format.write_array(member, np.asanyarray(array), allow_pickle=False)
+
+
+def input_entries(data_dir: Path, paths: Sequence[Path], cache: DigestCache) -> dict[str, dict]:
+    """{path relative to DATA: {"size", "sha256"}} of a step's input files."""
+    return {p.relative_to(data_dir).as_posix(): file_entry(p, cache) for p in paths}
+
+
+def file_step(processed: Path, step: str, params: dict, inputs: dict[str, dict], output: Path,
+              build: Callable[[Path], object], cache: DigestCache, summary: Summary | None = None) -> bool:
+    """A step with one output file: skipped (False) when its record matches inputs, params and the file;
+    else `build(temporary)` writes the file, it is renamed into place, and the record is written last."""
+    record_file = record_path(processed, step)
+    record = read_record(record_file)
+    summaries = {output.name: summary} if summary else None
+    if is_current(record, step, params, inputs) and output_problem(processed, record, cache, summaries) is None:
+        return False
+    remove_stale_temps(output)
+    with atomic_path(output) as tmp:
+        build(tmp)
+    outputs = {output.name: file_entry(output, cache, summary)}
+    write_json(record_file, make_record(step, params, inputs, outputs))
+    return True
+
+
+def _write_dictionary(question_files: Sequence[Path], tmp: Path) -> int:
+    dictionary = build_dictionary(question_files)
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump({"words": dictionary.idx2word}, f)
+    return len(dictionary)
+
+
+def _write_glove(glove_path: Path, dictionary_path: Path, tmp: Path) -> np.ndarray:
+    weights = glove_init(glove_path, load_dictionary(dictionary_path))
+    with open(tmp, "wb") as f:
+        np.save(f, weights, allow_pickle=False)
+    return weights
 
 
 def process_text(data_dir: str | os.PathLike, log=print) -> None:
-    """Step 1: dictionary.json from the 4 VQA v2 question files, then the GloVe init matrix."""
+    """Step 1: dictionary.json from the 4 VQA v2 question files, then the GloVe init matrix.
+
+    Each is redone unless its record in processed/.records/ matches its inputs' contents and its output.
+    """
     data_dir = Path(data_dir)
     out = processed_dir(data_dir)
     question_files = [data_dir / name for name in DICTIONARY_QUESTION_FILES]
@@ -202,28 +237,31 @@ def process_text(data_dir: str | os.PathLike, log=print) -> None:
     if missing:
         raise VQAError(f"question files not found: {', '.join(missing)} (run tools/download.sh or "
                        "`python main.py --toy`)")
-    dictionary_path = out / DICTIONARY_FILE
-    if is_up_to_date([dictionary_path], question_files):
-        log(f"skip dictionary: {dictionary_path} is up to date")
-    else:
-        remove_stale_temps(dictionary_path)
-        dictionary = build_dictionary(question_files)
-        write_json(dictionary_path, {"words": dictionary.idx2word})
-        log(f"wrote {dictionary_path}: {len(dictionary)} words")
-
     glove_path = data_dir / GLOVE_FILE
-    init_path = out / GLOVE_INIT_FILE
     if not glove_path.is_file():
         raise VQAError(f"GloVe file not found: {glove_path}")
-    if is_up_to_date([init_path], [dictionary_path, glove_path]):
-        log(f"skip glove: {init_path} is up to date")
-        return
-    remove_stale_temps(init_path)
-    dictionary = load_dictionary(dictionary_path)
-    weights = glove_init(glove_path, dictionary)
-    save_npy(init_path, weights)
-    found = int(np.count_nonzero(np.any(weights != 0, axis=1)))
-    log(f"wrote {init_path}: {weights.shape}, {found} of {len(dictionary)} words found in GloVe")
+    with digest_cache(out) as cache:
+        dictionary_path = out / DICTIONARY_FILE
+        inputs = input_entries(data_dir, question_files, cache)
+        if file_step(out, "dictionary", {}, inputs, dictionary_path,
+                     lambda tmp: _write_dictionary(question_files, tmp), cache):
+            log(f"wrote {dictionary_path}: {len(load_dictionary(dictionary_path))} words")
+        else:
+            log(f"skip dictionary: {dictionary_path} is up to date")
+
+        init_path = out / GLOVE_INIT_FILE
+        inputs = input_entries(data_dir, [dictionary_path, glove_path], cache)
+        found: list[str] = []
+
+        def build(tmp: Path) -> None:
+            weights = _write_glove(glove_path, dictionary_path, tmp)
+            found.append(f"{weights.shape}, {int(np.count_nonzero(np.any(weights != 0, axis=1)))} of "
+                         f"{len(weights)} words found in GloVe")
+
+        if file_step(out, "glove", {}, inputs, init_path, build, cache):
+            log(f"wrote {init_path}: {found[0]}")
+        else:
+            log(f"skip glove: {init_path} is up to date")
 
 
 def load_dictionary(path: str | os.PathLike) -> Dictionary:
@@ -341,38 +379,11 @@ def _annotations_json(split: Split) -> dict[str, list]:
     }
 
 
-def process_dataset(data_dir: str | os.PathLike, dataset: str, min_count: int = DEFAULT_MIN_COUNT,
-                    log=print) -> None:
-    """Step 2 for one dataset ("cp" or "v2"): answers, question types, bias, {train,test}.npz/annotations.
-
-    Skipped when every output is newer than the raw files and dictionary.json and was made with the
-    same `min_count`. Each file is written atomically.
-    """
-    if dataset not in RAW_FILES:
-        raise VQAError(f"unknown dataset {dataset!r}; expected one of {', '.join(RAW_FILES)}")
-    if min_count < 1:
-        raise VQAError(f"min count must be at least 1, got {min_count}")
-    data_dir = Path(data_dir)
-    out = processed_dir(data_dir) / dataset
-    dictionary_path = processed_dir(data_dir) / DICTIONARY_FILE
-    if not dictionary_path.is_file():
-        raise VQAError(f"{dictionary_path} not found: run tools/process_text.py first")
-    raw = {split: (data_dir / q, data_dir / a) for split, (q, a) in RAW_FILES[dataset].items()}
-    inputs = [p for pair in raw.values() for p in pair] + [dictionary_path]
-    outputs = dataset_outputs(data_dir, dataset)
-    answers_path = out / ANSWERS_FILE
-    if is_up_to_date(outputs, inputs):
-        made = load_json(answers_path, what="answers")
-        if isinstance(made, dict) and made.get("min_count") == min_count:
-            log(f"skip answers {dataset}: {out} is up to date")
-            return
-    for path in outputs:
-        remove_stale_temps(path)
-
-    dictionary = load_dictionary(dictionary_path)
-    splits = {split: load_split(q, a) for split, (q, a) in raw.items()}
+def _build_dataset(data_dir: Path, dataset: str, min_count: int, log) -> dict[str, object]:
+    """Every output of step 2 for `dataset`, by file name (arrays, or JSON-able objects)."""
+    dictionary = load_dictionary(processed_dir(data_dir) / DICTIONARY_FILE)
+    splits = {split: load_split(data_dir / q, data_dir / a) for split, (q, a) in RAW_FILES[dataset].items()}
     train, test = splits["train"], splits["test"]
-
     answers = answer_vocabulary(train.file_annotations, min_count)
     if not answers:
         raise VQAError(f"{train.annotations_path}: no answer occurs for {min_count} or more questions "
@@ -395,21 +406,70 @@ def process_dataset(data_dir: str | os.PathLike, dataset: str, min_count: int = 
     tr = arrays["train"]
     bias = bias_priors(tr["question_type"], tr["target_ptr"], tr["target_label"], tr["target_score"],
                        len(question_types), len(answers))
-    test_only = question_types[num_train_types:]
-    if test_only:
+    if len(question_types) > num_train_types:
         n_questions = int(np.count_nonzero(arrays["test"]["question_type"] >= num_train_types))
-        log(f"warning: {dataset}: {len(test_only)} test question types ({n_questions} questions) do not "
-            "occur in train; they get the mean train target as bias")
-
-    for split in SPLITS:
-        save_npz(out / f"{split}.npz", **arrays[split])
-        write_json(out / f"{split}_annotations.json", _annotations_json(splits[split]))
-    save_npy(out / BIAS_FILE, bias)
-    write_json(out / QUESTION_TYPES_FILE, question_types)
-    # answers.json last: its presence with the right min_count marks a finished step.
-    write_json(answers_path, {"answers": answers, "min_count": min_count})
-    log(f"wrote {out}: {len(answers)} answers, {len(question_types)} question types, "
+        log(f"warning: {dataset}: {len(question_types) - num_train_types} test question types ({n_questions} "
+            "questions) do not occur in train; they get the mean train target as bias")
+    log(f"{dataset}: {len(answers)} answers, {len(question_types)} question types, "
         f"{len(train.questions)} train / {len(test.questions)} test questions")
+    outputs: dict[str, object] = {}
+    for split in SPLITS:
+        outputs[f"{split}.npz"] = arrays[split]
+        outputs[f"{split}_annotations.json"] = _annotations_json(splits[split])
+    outputs[BIAS_FILE] = bias
+    outputs[QUESTION_TYPES_FILE] = question_types
+    outputs[ANSWERS_FILE] = {"answers": answers, "min_count": min_count}
+    return outputs
+
+
+def _write_outputs(folder: Path, outputs: dict[str, object]) -> None:
+    for name, value in outputs.items():
+        if name.endswith(".npz"):
+            save_npz(folder / name, **value)
+        elif name.endswith(".npy"):
+            save_npy(folder / name, value)
+        else:
+            write_json(folder / name, value)
+
+
+def process_dataset(data_dir: str | os.PathLike, dataset: str, min_count: int = DEFAULT_MIN_COUNT,
+                    log=print) -> None:
+    """Step 2 for one dataset ("cp" or "v2"): answers, question types, bias, {train,test}.npz/annotations.
+
+    Skipped when the folder's record matches the raw files' and dictionary.json's contents, `min_count`
+    and every output. Otherwise the folder is built in a staging folder (record last) and swapped in,
+    so an interruption leaves the old set or the new one.
+    """
+    if dataset not in RAW_FILES:
+        raise VQAError(f"unknown dataset {dataset!r}; expected one of {', '.join(RAW_FILES)}")
+    if min_count < 1:
+        raise VQAError(f"min count must be at least 1, got {min_count}")
+    data_dir = Path(data_dir)
+    out = processed_dir(data_dir) / dataset
+    dictionary_path = processed_dir(data_dir) / DICTIONARY_FILE
+    if not dictionary_path.is_file():
+        raise VQAError(f"{dictionary_path} not found: run tools/process_text.py first")
+    recover_folder(out)
+    paths = [data_dir / name for pair in RAW_FILES[dataset].values() for name in pair] + [dictionary_path]
+    params = {"min_count": min_count}
+    step = f"answers {dataset}"
+    with digest_cache(processed_dir(data_dir)) as cache:
+        inputs = input_entries(data_dir, paths, cache)
+        record = read_record(out / RECORD_FILE)
+        if is_current(record, step, params, inputs) and output_problem(out, record, cache) is None:
+            log(f"skip answers {dataset}: {out} is up to date")
+            return
+        outputs = _build_dataset(data_dir, dataset, min_count, log)
+        staging = new_staging(out)
+        try:
+            _write_outputs(staging, outputs)
+            entries = {name: file_entry(staging / name, cache) for name in outputs}
+            write_json(staging / RECORD_FILE, make_record(step, params, inputs, entries))  # last: set complete
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        swap_in(out)
+    log(f"wrote {out}")
 
 
 def process_answers(data_dir: str | os.PathLike, min_count: int = DEFAULT_MIN_COUNT, log=print) -> list[str]:
