@@ -24,12 +24,12 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from vqa_cp.dataset import TensorBatches, VQADataset
+from vqa_cp.dataset import Processed, TensorBatches, VQADataset
 from vqa_cp.errors import run_cli
 from vqa_cp.features import FeatureStore, iter_tsv, tsv_to_hdf5
 from vqa_cp.files import write_json
 from vqa_cp.processing import processed_dir, save_npy, save_npz
-from vqa_cp.text import MAX_QUESTION_LENGTH
+from vqa_cp.text import MAX_QUESTION_LENGTH, Dictionary
 
 
 def write_synthetic_tsv(path: Path, images: int, boxes: int, dim: int, rng: np.random.Generator) -> None:
@@ -41,8 +41,10 @@ def write_synthetic_tsv(path: Path, images: int, boxes: int, dim: int, rng: np.r
                     f"{base64.b64encode(feat.tobytes()).decode()}\n")
 
 
-def write_synthetic_split(data: Path, images: int, questions: int, rng: np.random.Generator) -> None:
-    """A minimal processed cp dataset: random tokens, 1-3 soft targets per question, 3 question types."""
+def write_synthetic_split(data: Path, images: int, questions: int, rng: np.random.Generator) -> Processed:
+    """A minimal processed cp dataset: random tokens, 1-3 soft targets per question, 3 question types.
+
+    Returned as the `Processed` the datasets are built with (it has no processing records to verify)."""
     out = processed_dir(data)
     words, answers, types = 1000, 2000, 3
     write_json(out / "dictionary.json", {"words": [f"w{i}" for i in range(words)]})
@@ -60,6 +62,9 @@ def write_synthetic_split(data: Path, images: int, questions: int, rng: np.rando
              target_ptr=np.concatenate([[0], np.cumsum(per_question)]).astype(np.int64),
              target_label=rng.integers(0, answers, int(per_question.sum())),
              target_score=np.full(int(per_question.sum()), 0.3, dtype=np.float32))
+    return Processed(Dictionary([f"w{i}" for i in range(words)]), np.zeros((words, 300), dtype=np.float32),
+                     [f"a{i}" for i in range(answers)], [f"t{i}" for i in range(types)],
+                     np.load(out / "cp" / "bias.npy"))
 
 
 def median_seconds(fn: Callable[[], object], repeats: int) -> float:
@@ -94,7 +99,7 @@ def drain(batches: object) -> None:
         pass
 
 
-def batch_section(data: Path, h5_path: Path, questions: int, args: argparse.Namespace,
+def batch_section(data: Path, h5_path: Path, questions: int, processed: Processed, args: argparse.Namespace,
                   rng: np.random.Generator) -> None:
     """Questions/s of whole batches (features, tokens, dense targets, bias, ids): DataLoader, the path the
     trainer takes today (num_workers 0: these cores are shared), against TensorBatches, and the floor of the
@@ -110,7 +115,7 @@ def batch_section(data: Path, h5_path: Path, questions: int, args: argparse.Name
             store.cache(torch.float16, log=lambda _: None)
         if mode == "device":
             store.keep_on_device(torch.device("cpu"), log=lambda _: None)
-        ds = VQADataset(data, "cp", "train", features=store)
+        ds = VQADataset(data, "cp", "train", features=store, processed=processed)
         old = median_seconds(lambda ds=ds: drain(DataLoader(ds, batch_size=args.batch, sampler=order)), args.repeats)
         new = median_seconds(lambda ds=ds: drain(TensorBatches(ds, order, args.batch)), args.repeats)
         print(f"{label:<34}{n / old:>15.0f}{n / new:>19.0f}{old / new:>7.1f}")
@@ -156,7 +161,7 @@ def main() -> None:
             print(f"{name:<34}{mb / seconds:>9.0f}{plain / seconds:>10.2f}")
 
         questions = 4 * args.images
-        write_synthetic_split(data, args.images, questions, rng)
+        processed = write_synthetic_split(data, args.images, questions, rng)
         order = rng.integers(0, questions, args.items)
         print(f"\n{'dataset items, random order':<34}{'items/s':>9}{'vs lazy':>10}")
         lazy_seconds = None
@@ -165,11 +170,11 @@ def main() -> None:
             store = FeatureStore(h5_path)
             if cache is not None:
                 store.cache(cache, log=lambda _: None)
-            ds = VQADataset(data, "cp", "train", features=store)
+            ds = VQADataset(data, "cp", "train", features=store, processed=processed)
             seconds = median_seconds(lambda ds=ds: items(ds, order), args.repeats)
             lazy_seconds = lazy_seconds or seconds
             print(f"{label:<34}{args.items / seconds:>9.0f}{lazy_seconds / seconds:>10.2f}")
-        batch_section(data, h5_path, questions, args, rng)
+        batch_section(data, h5_path, questions, processed, args, rng)
         cache_gb = args.images * args.boxes * args.dim * 2 / 1e9
         print(f"\nfloat16 cache of these {args.images} images: {cache_gb:.2f} GB")
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e3
