@@ -167,6 +167,7 @@ def files_section(annotations: list[dict[str, Any]], predictions: dict[int, str]
     root = Path(__file__).resolve().parent.parent
     with tempfile.TemporaryDirectory() as tmp:
         q, a, r = write_files(Path(tmp), annotations, predictions)
+        sizes = {"questions": q.stat().st_size, "annotations": a.stat().st_size, "results": r.stat().st_size}
         evaluate = [sys.executable, str(root / "eval" / "evaluate.py"), "--questions", str(q), "--annotations",
                     str(a), "--results", str(r), "--output", str(Path(tmp) / "out")]
         parse = [sys.executable, "-c", PARSE_ONLY, str(q), str(a), str(r)]
@@ -177,8 +178,8 @@ def files_section(annotations: list[dict[str, Any]], predictions: dict[int, str]
                 subprocess.run(cmd, check=True, capture_output=True)
                 times[name].append(time.perf_counter() - start)
     parse_s, evaluate_s = (statistics.median(times[k]) for k in ("parse", "evaluate"))
-    mb = sum(p for p in (len(json.dumps(annotations)),)) / 1e6
-    print(f"\nfiles (annotations about {mb:.0f} MB), fresh processes, median of {repeats}:")
+    print(f"\nfiles (annotations {sizes['annotations'] / 1e6:.0f} MB, questions {sizes['questions'] / 1e6:.0f} MB, "
+          f"results {sizes['results'] / 1e6:.0f} MB), fresh processes, median of {repeats}:")
     print(f"{'json.load of the three inputs':<42} {parse_s:8.3f} s")
     print(f"{'eval/evaluate.py --output (end to end)':<42} {evaluate_s:8.3f} s  ratio {evaluate_s / parse_s:5.2f}x")
 
