@@ -1,10 +1,11 @@
-"""Data-pipeline speed: TSV decode vs a plain base64 loop, TSV -> HDF5, dataset items/s (lazy vs cached).
+"""Data-pipeline speed: TSV decode vs a plain base64 loop, TSV -> HDF5, dataset items/s (lazy vs cached),
+and whole batches: DataLoader over VQADataset against TensorBatches (gathered by index), side by side.
 
 Generates its own synthetic TSV with the real shapes (36 boxes x 2048 float32) in a temporary
 directory, plus a minimal processed cp split over those images. Prints medians of --repeats runs,
 side-by-side ratios and the peak RSS.
 
-    python bench/bench_data.py [--images 300] [--repeats 3] [--items 2000]
+    python bench/bench_data.py [--images 300] [--repeats 3] [--items 2000] [--batch 512] [--batches 6]
 """
 
 from __future__ import annotations
@@ -21,13 +22,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch.utils.data import DataLoader
 
-from vqa_cp.dataset import VQADataset
+from vqa_cp.dataset import Processed, TensorBatches, VQADataset
 from vqa_cp.errors import run_cli
 from vqa_cp.features import FeatureStore, iter_tsv, tsv_to_hdf5
 from vqa_cp.files import write_json
 from vqa_cp.processing import processed_dir, save_npy, save_npz
-from vqa_cp.text import MAX_QUESTION_LENGTH
+from vqa_cp.text import MAX_QUESTION_LENGTH, Dictionary
 
 
 def write_synthetic_tsv(path: Path, images: int, boxes: int, dim: int, rng: np.random.Generator) -> None:
@@ -39,8 +41,10 @@ def write_synthetic_tsv(path: Path, images: int, boxes: int, dim: int, rng: np.r
                     f"{base64.b64encode(feat.tobytes()).decode()}\n")
 
 
-def write_synthetic_split(data: Path, images: int, questions: int, rng: np.random.Generator) -> None:
-    """A minimal processed cp dataset: random tokens, 1-3 soft targets per question, 3 question types."""
+def write_synthetic_split(data: Path, images: int, questions: int, rng: np.random.Generator) -> Processed:
+    """A minimal processed cp dataset: random tokens, 1-3 soft targets per question, 3 question types.
+
+    Returned as the `Processed` the datasets are built with (it has no processing records to verify)."""
     out = processed_dir(data)
     words, answers, types = 1000, 2000, 3
     write_json(out / "dictionary.json", {"words": [f"w{i}" for i in range(words)]})
@@ -58,6 +62,9 @@ def write_synthetic_split(data: Path, images: int, questions: int, rng: np.rando
              target_ptr=np.concatenate([[0], np.cumsum(per_question)]).astype(np.int64),
              target_label=rng.integers(0, answers, int(per_question.sum())),
              target_score=np.full(int(per_question.sum()), 0.3, dtype=np.float32))
+    return Processed(Dictionary([f"w{i}" for i in range(words)]), np.zeros((words, 300), dtype=np.float32),
+                     [f"a{i}" for i in range(answers)], [f"t{i}" for i in range(types)],
+                     np.load(out / "cp" / "bias.npy"))
 
 
 def median_seconds(fn: Callable[[], object], repeats: int) -> float:
@@ -87,6 +94,42 @@ def items(ds: VQADataset, order: np.ndarray) -> None:
         ds[int(i)]
 
 
+def drain(batches: object) -> None:
+    for _ in batches:
+        pass
+
+
+def batch_section(data: Path, h5_path: Path, questions: int, processed: Processed, args: argparse.Namespace,
+                  rng: np.random.Generator) -> None:
+    """Questions/s of whole batches (features, tokens, dense targets, bias, ids): DataLoader, the path the
+    trainer takes today (num_workers 0: these cores are shared), against TensorBatches, and the floor of the
+    feature gather alone (index_select of the float16 cache, then the float32 copy)."""
+    order = rng.integers(0, questions, args.batch * args.batches).tolist()
+    n = len(order)
+    print(f"\n{'batches of ' + str(args.batch) + ', random order':<34}{'DataLoader q/s':>15}{'TensorBatches q/s':>19}"
+          f"{'ratio':>7}")
+    for label, mode in (("lazy HDF5 (float32 file)", None), ("cache float16", "cache"),
+                        ("cache float16, rows only (GPU)", "device")):
+        store = FeatureStore(h5_path)
+        if mode:
+            store.cache(torch.float16, log=lambda _: None)
+        if mode == "device":
+            store.keep_on_device(torch.device("cpu"), log=lambda _: None)
+        ds = VQADataset(data, "cp", "train", features=store, processed=processed)
+        old = median_seconds(lambda ds=ds: drain(DataLoader(ds, batch_size=args.batch, sampler=order)), args.repeats)
+        new = median_seconds(lambda ds=ds: drain(TensorBatches(ds, order, args.batch)), args.repeats)
+        print(f"{label:<34}{n / old:>15.0f}{n / new:>19.0f}{old / new:>7.1f}")
+    store = FeatureStore(h5_path)
+    store.cache(torch.float16, log=lambda _: None)
+    cache = store._cache
+    rows = [torch.from_numpy(np.asarray(order[i:i + args.batch])) % len(store) for i in range(0, n, args.batch)]
+    gather = median_seconds(lambda: [cache.index_select(0, r) for r in rows], args.repeats)
+    widen = median_seconds(lambda: [cache.index_select(0, r).float() for r in rows], args.repeats)
+    mb = args.batch * args.boxes * args.dim * 2 / 1e6
+    print(f"{'floor: float16 gather only':<34}{n / gather:>15.0f}  ({mb * len(rows) / gather / 1e3:.1f} GB/s read)")
+    print(f"{'floor: gather + float32 copy':<34}{n / widen:>15.0f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -95,6 +138,8 @@ def main() -> None:
     parser.add_argument("--dim", type=int, default=2048)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--items", type=int, default=2000, help="dataset items read per timing")
+    parser.add_argument("--batch", type=int, default=512, help="batch size of the batch section")
+    parser.add_argument("--batches", type=int, default=6, help="batches per timing in the batch section")
     args = parser.parse_args()
     rng = np.random.default_rng(0)
     with tempfile.TemporaryDirectory() as tmp:
@@ -116,7 +161,7 @@ def main() -> None:
             print(f"{name:<34}{mb / seconds:>9.0f}{plain / seconds:>10.2f}")
 
         questions = 4 * args.images
-        write_synthetic_split(data, args.images, questions, rng)
+        processed = write_synthetic_split(data, args.images, questions, rng)
         order = rng.integers(0, questions, args.items)
         print(f"\n{'dataset items, random order':<34}{'items/s':>9}{'vs lazy':>10}")
         lazy_seconds = None
@@ -125,10 +170,11 @@ def main() -> None:
             store = FeatureStore(h5_path)
             if cache is not None:
                 store.cache(cache, log=lambda _: None)
-            ds = VQADataset(data, "cp", "train", features=store)
+            ds = VQADataset(data, "cp", "train", features=store, processed=processed)
             seconds = median_seconds(lambda ds=ds: items(ds, order), args.repeats)
             lazy_seconds = lazy_seconds or seconds
             print(f"{label:<34}{args.items / seconds:>9.0f}{lazy_seconds / seconds:>10.2f}")
+        batch_section(data, h5_path, questions, processed, args, rng)
         cache_gb = args.images * args.boxes * args.dim * 2 / 1e9
         print(f"\nfloat16 cache of these {args.images} images: {cache_gb:.2f} GB")
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e3

@@ -6,15 +6,21 @@ slow reference that works the way the official script does (every ground-truth a
 every question, explicit leave-one-out loop over answer records), checks both give identical results
 and prints the times and the speed-up.
 
-    python bench/bench_evaluation.py [--quick] [--repeats 3] [--seed 0]
+    python bench/bench_evaluation.py [--quick] [--repeats 3] [--seed 0] [--files-only]
+
+It also writes the case as the three JSON files eval/evaluate.py reads and times, in fresh processes side
+by side, `eval/evaluate.py --output DIR` end to end against merely parsing the three files with json.load.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import random
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -142,6 +148,42 @@ def _timed(fn: Any, *args: Any) -> tuple[float, Any]:
     return time.perf_counter() - start, out
 
 
+PARSE_ONLY = "import json, sys\nfor p in sys.argv[1:]:\n    with open(p) as f:\n        json.load(f)\n"
+
+
+def write_files(folder: Path, annotations: list[dict[str, Any]], predictions: dict[int, str]) -> list[Path]:
+    """The question, annotation and results files of the case (VQA-CP layout: bare lists)."""
+    paths = [folder / "questions.json", folder / "annotations.json", folder / "results.json"]
+    questions = [{"image_id": 1, "question": "What is it?", "question_id": a["question_id"]} for a in annotations]
+    results = [{"question_id": q, "answer": a} for q, a in predictions.items()]
+    full = [{**a, "image_id": 1, "multiple_choice_answer": a["answers"][0]["answer"]} for a in annotations]
+    for path, obj in zip(paths, (questions, full, results)):
+        path.write_text(json.dumps(obj))
+    return paths
+
+
+def files_section(annotations: list[dict[str, Any]], predictions: dict[int, str], repeats: int) -> None:
+    """eval/evaluate.py end to end vs json.load of its inputs, each in a fresh interpreter, interleaved."""
+    root = Path(__file__).resolve().parent.parent
+    with tempfile.TemporaryDirectory() as tmp:
+        q, a, r = write_files(Path(tmp), annotations, predictions)
+        sizes = {"questions": q.stat().st_size, "annotations": a.stat().st_size, "results": r.stat().st_size}
+        evaluate = [sys.executable, str(root / "eval" / "evaluate.py"), "--questions", str(q), "--annotations",
+                    str(a), "--results", str(r), "--output", str(Path(tmp) / "out")]
+        parse = [sys.executable, "-c", PARSE_ONLY, str(q), str(a), str(r)]
+        times: dict[str, list[float]] = {"parse": [], "evaluate": []}
+        for _ in range(repeats):
+            for name, cmd in (("parse", parse), ("evaluate", evaluate)):
+                start = time.perf_counter()
+                subprocess.run(cmd, check=True, capture_output=True)
+                times[name].append(time.perf_counter() - start)
+    parse_s, evaluate_s = (statistics.median(times[k]) for k in ("parse", "evaluate"))
+    print(f"\nfiles (annotations {sizes['annotations'] / 1e6:.0f} MB, questions {sizes['questions'] / 1e6:.0f} MB, "
+          f"results {sizes['results'] / 1e6:.0f} MB), fresh processes, median of {repeats}:")
+    print(f"{'json.load of the three inputs':<42} {parse_s:8.3f} s")
+    print(f"{'eval/evaluate.py --output (end to end)':<42} {evaluate_s:8.3f} s  ratio {evaluate_s / parse_s:5.2f}x")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true",
@@ -149,11 +191,15 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="runs of our evaluator (median reported)")
     parser.add_argument("--reference-repeats", type=int, default=1, help="runs of the slow reference")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--files-only", action="store_true", help="only the evaluate.py vs json.load section")
     args = parser.parse_args()
     size = QUICK_SIZE if args.quick else FULL_SIZE
 
     annotations, predictions = synthetic_case(size, args.seed)
     print(f"{size:,} questions x {ANSWERS_PER_QUESTION} answers")
+    files_section(annotations, predictions, max(3, args.repeats))
+    if args.files_only:
+        return
     ours = [_timed(_ours, annotations, predictions) for _ in range(args.repeats)]
     ground_truth = GroundTruth.from_annotations(annotations)
     in_memory = [_timed(official_accuracy, ground_truth, predictions)[0] for _ in range(args.repeats)]

@@ -152,3 +152,39 @@ def test_split_by_image_keeps_each_image_on_one_side() -> None:
     assert 3 <= len(val) <= 3 + 3
     again, _ = split_by_image(image_ids, 0.3, seed=0)
     assert again.tolist() == val.tolist()
+
+
+@pytest.mark.parametrize("mode", ["lazy", "float16", "float32", "device"])
+def test_tensor_batches_equal_the_dataloader(toy_data: Path, mode: str) -> None:
+    """TensorBatches gives the DataLoader's batches, bit for bit and dtype for dtype, in the sampler's order
+    (a subset of questions, an EpochSampler whose rank padding repeats items, a short last batch)."""
+    from vqa_cp.dataset import TensorBatches
+    from vqa_cp.distributed import EpochSampler
+
+    features = FeatureStore(toy_data / "processed" / "features.h5")
+    subset = np.arange(0, 850, 2)
+    ds = VQADataset(toy_data, "cp", "train", features=features, indices=subset)
+    if mode != "lazy":
+        features.cache(torch.float32 if mode == "float32" else torch.float16, log=lambda _: None)
+    if mode == "device":
+        features.keep_on_device(torch.device("cpu"), log=lambda _: None)
+    sampler = EpochSampler(len(ds), seed=5, rank=1, world=3)
+    sampler.set_epoch(2)
+    expected = list(DataLoader(ds, batch_size=64, sampler=sampler))
+    got = list(TensorBatches(ds, sampler, 64))
+    assert len(got) == len(expected) == len(TensorBatches(ds, sampler, 64)) == -(-len(sampler) // 64)
+    for ours, theirs in zip(got, expected):
+        for a, b in zip(ours, theirs):
+            assert a.dtype == b.dtype and torch.equal(a, b)
+    assert len(list(TensorBatches(ds, range(130), 64, drop_last=True))) == 2
+
+
+def test_batch_targets_match_the_csr_arrays(data: Path) -> None:
+    """Dense targets and bias rows of a batch with a repeated item, against the hand-computed values."""
+    ds = VQADataset(data, "cp", "train", features=store(data))
+    _, tokens, target, bias, qids = ds.batch([3, 0, 3, 1])
+    np.testing.assert_allclose(target.numpy(), np.array(TRAIN_TARGET)[[3, 0, 3, 1]], rtol=1e-6)
+    np.testing.assert_allclose(bias.numpy(), np.array(TRAIN_BIAS)[[3, 0, 3, 1]], rtol=1e-6)
+    assert qids.tolist() == [104, 101, 104, 102] and tokens.shape == (4, 14)
+    with pytest.raises(IndexError):
+        ds.batch([5])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import importlib.util
 import json
 import random
@@ -11,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from vqa_cp.errors import VQAError
+from vqa_cp.errors import VQAError, run_cli
 from vqa_cp.evaluation import (
     RESULT_FILES,
     GroundTruth,
@@ -310,3 +311,81 @@ def test_cli_end_to_end(tmp_path):
                            "--results", str(r)], cwd=tmp_path, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2
     assert proc.stderr.startswith("error: ") and "Traceback" not in proc.stderr
+
+
+def _fail_third_file(monkeypatch, error: OSError) -> None:
+    """Make the third evaluation file's write fail with `error`."""
+    real_open = open
+    calls = []
+
+    def failing_open(path, mode="r", *args, **kwargs):
+        if "w" in mode and str(path).endswith(".tmp"):
+            calls.append(path)
+            if len(calls) == 3:
+                raise error
+        return real_open(path, mode, *args, **kwargs)
+
+    monkeypatch.setattr("builtins.open", failing_open)
+
+
+@pytest.mark.parametrize("error, cause", [
+    (OSError(errno.ENOSPC, "No space left on device"), "No space left on device"),
+    (OSError(errno.EROFS, "Read-only file system"), "Read-only file system"),
+])
+def test_a_failed_write_keeps_the_previous_set_and_says_so_in_one_line(tmp_path, monkeypatch, capsys, error, cause):
+    q, a, r = write_case(tmp_path, GOOD)
+    out = tmp_path / "out"
+    previous = evaluate_files(q, a, r)
+    previous.write(out)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    r.write_text(json.dumps([{**GOOD[0], "answer": "blue"}, *GOOD[1:]]))
+    _fail_third_file(monkeypatch, error)
+    with pytest.raises(SystemExit) as exc:
+        run_cli(lambda: load_cli().main(["--questions", str(q), "--annotations", str(a), "--results", str(r),
+                                         "--output", str(out)]))
+    monkeypatch.undo()
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "\n" not in err and cause in err and str(out) in err
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # no temporaries, old set whole
+
+
+def test_a_file_where_the_output_folder_belongs_is_one_line(tmp_path, capsys):
+    q, a, r = write_case(tmp_path, GOOD)
+    blocker = tmp_path / "taken"
+    blocker.write_text("not a folder")
+    for out in (blocker, blocker / "sub"):
+        with pytest.raises(SystemExit):
+            run_cli(lambda out=out: load_cli().main(["--questions", str(q), "--annotations", str(a),
+                                                     "--results", str(r), "--output", str(out)]))
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("error: cannot write the evaluation files into") and "\n" not in err
+        assert str(blocker) in err
+    assert blocker.read_text() == "not a folder"
+
+
+def test_evaluation_files_match_the_json_module(tmp_path):
+    """The four files hold what json.dump of the result's objects holds (keys as strings)."""
+    result = evaluate_files(*write_case(tmp_path, GOOD))
+    paths = result.write(tmp_path / "out")
+    objects = (result.accuracy(), result.per_question, result.per_question_by_question_type,
+               result.per_question_by_answer_type)
+    for path, obj in zip(paths, objects):
+        assert json.loads(path.read_text()) == json.loads(json.dumps(obj))
+
+
+@pytest.mark.parametrize("wrapped", [True, False])
+def test_typed_and_dict_paths_agree(tmp_path, monkeypatch, wrapped):
+    """The msgspec fast path gives what the json-module path gives, also with repeated answer ids (records
+    compared whole) and extra fields."""
+    import vqa_cp.evaluation as evaluation
+
+    q, a, r = write_case(tmp_path, GOOD, wrapped=wrapped)
+    anns = json.loads(a.read_text())
+    entries = anns["annotations"] if wrapped else anns
+    entries[0]["answers"][1]["answer_id"] = entries[0]["answers"][0]["answer_id"]  # a repeated id
+    entries[1]["extra"] = {"nested": [1, 2]}
+    a.write_text(json.dumps(anns))
+    fast = evaluate_files(q, a, r)
+    monkeypatch.setattr(evaluation, "msgspec", None)
+    assert evaluate_files(q, a, r) == fast

@@ -19,18 +19,54 @@ and the leave-one-out value is computed once per (number of answers, match patte
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from itertools import chain
-from operator import itemgetter, methodcaller
+from operator import attrgetter, itemgetter, methodcaller
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from vqa_cp.errors import VQAError
-from vqa_cp.files import load_json, write_json
+try:
+    import msgspec
+except ImportError:  # optional: the json module parses the same files, slower
+    msgspec = None
+
+if msgspec is not None:
+    class _Record(msgspec.Struct):
+        answer: str
+        answer_id: int
+
+    class _Annotation(msgspec.Struct):
+        question_id: int
+        question_type: str
+        answer_type: str
+        answers: list[_Record]
+
+    class _AnnotationFile(msgspec.Struct):
+        annotations: list[_Annotation]
+
+    class _Question(msgspec.Struct):
+        question_id: int
+
+    class _QuestionFile(msgspec.Struct):
+        questions: list[_Question]
+
+    class _Result(msgspec.Struct):
+        question_id: int
+        answer: str
+
+    # Typed decoders: fields read straight into structs, the rest of each entry skipped. A file they refuse
+    # (or one needing whole answer records) goes through the dict path, which explains what is wrong.
+    _DECODERS = {"annotations": msgspec.json.Decoder(list[_Annotation] | _AnnotationFile),
+                 "questions": msgspec.json.Decoder(list[_Question] | _QuestionFile),
+                 "results": msgspec.json.Decoder(list[_Result])}
+
+from vqa_cp.errors import VQAError, describe_os_error
+from vqa_cp.files import atomic_paths, load_json
 from vqa_cp.processing import ANSWER_TYPES
 from vqa_cp.text import clean_whitespace, normalize_official
 
@@ -190,6 +226,9 @@ def _rows_with_repeated_ids(answer_ids: list[Any], lengths: np.ndarray) -> list[
         ids = np.array(answer_ids, dtype=np.int64)
     except OverflowError:
         return list(range(lengths.size))
+    if lengths.size and (lengths == lengths[0]).all():  # the usual case: a [Q, N] block, sorted per row
+        block = np.sort(ids.reshape(lengths.size, int(lengths[0])), axis=1)
+        return np.flatnonzero((block[:, 1:] == block[:, :-1]).any(axis=1)).tolist()
     rows = np.repeat(np.arange(lengths.size), lengths)
     order = np.lexsort((ids, rows))
     rows, ids = rows[order], ids[order]
@@ -261,6 +300,9 @@ def _duplicates(ids: Iterable[Any]) -> list[Any]:
 
 def _check_entries(entries: Sequence[Any], keys: Sequence[str], source: str) -> None:
     """Every entry an object holding `keys`, with an integer question_id."""
+    if set(map(type, entries)) == {dict} and all(all(map(methodcaller("__contains__", k), entries)) for k in keys):
+        if set(map(type, map(itemgetter("question_id"), entries))) == {int}:
+            return  # (checked at C speed; the loops below find the offenders for the message)
     missing = [i for i, e in enumerate(entries) if not isinstance(e, dict) or any(k not in e for k in keys)]
     if missing:
         raise VQAError(f"{source}: {_preview(missing)} entries (by position) are not objects with "
@@ -287,17 +329,24 @@ class EvalResult:
                 "perAnswerType": self.per_answer_type}
 
     def write(self, directory: str | os.PathLike) -> list[Path]:
-        """Write accuracy.json, evalQA.json, evalQuesType.json, evalAnsType.json (each atomically).
+        """Write accuracy.json, evalQA.json, evalQuesType.json, evalAnsType.json as one set: all four are
+        renamed into place only once every one is written, so a failure leaves the previous set whole.
 
         Layout of the official demo: evalQA {question_id: acc}, evalQuesType {question_type:
-        {question_id: acc}}, evalAnsType {answer_type: {question_id: acc}}.
+        {question_id: acc}}, evalAnsType {answer_type: {question_id: acc}}. A file-system fault (full disk,
+        read-only folder, a file where the folder belongs) is a VQAError naming the folder.
         """
         directory = Path(directory)
         objects = (self.accuracy(), self.per_question, self.per_question_by_question_type,
                    self.per_question_by_answer_type)
         paths = [directory / name for name in RESULT_FILES]
-        for path, obj in zip(paths, objects):
-            write_json(path, obj)
+        try:
+            with atomic_paths(paths) as temps:
+                for tmp, obj in zip(temps, objects):
+                    with open(tmp, "w", encoding="utf-8") as f:
+                        f.write(json.dumps(obj))  # the C encoder (json.dump streams through the Python one)
+        except OSError as exc:
+            raise VQAError(f"cannot write the evaluation files into {directory}: {describe_os_error(exc)}") from None
         return paths
 
 
@@ -401,9 +450,50 @@ def _percent(accuracies: list[float]) -> float:
     return round(100 * sum(accuracies) / len(accuracies), PRECISION)
 
 
+def _load_json(path: str | os.PathLike, what: str) -> Any:
+    """load_json, parsed by msgspec when it is installed (about twice as fast as the json module, the same
+    objects); anything msgspec refuses goes through load_json, for its one-line error or json's leniency."""
+    if msgspec is None:
+        return load_json(path, what)
+    try:
+        with open(path, "rb") as f:
+            return msgspec.json.decode(f.read())
+    except (OSError, msgspec.DecodeError):
+        return load_json(path, what)
+
+
+def _typed(path: str | os.PathLike, kind: str) -> list[Any] | None:
+    """The entries of a questions / annotations / results file as structs, or None where the typed decoder
+    refuses the file (or msgspec is missing): the dict path then runs and names any problem."""
+    if msgspec is None:
+        return None
+    try:
+        with open(path, "rb") as f:
+            data = _DECODERS[kind].decode(f.read())
+    except (OSError, msgspec.DecodeError):
+        return None
+    return data if isinstance(data, list) else getattr(data, kind)
+
+
+def _ground_truth_of_structs(annotations: list[Any], source: str) -> GroundTruth | None:
+    """GroundTruth.from_annotations for typed entries; None when answer ids repeat within a question (then
+    whole records must be compared: the dict path)."""
+    answer_lists = list(map(attrgetter("answers"), annotations))
+    lengths = np.fromiter(map(len, answer_lists), dtype=np.int64, count=len(answer_lists))
+    answer_ids = list(map(attrgetter("answer_id"), chain.from_iterable(answer_lists)))
+    if _rows_with_repeated_ids(answer_ids, lengths):
+        return None
+    ground_truth = GroundTruth.__new__(GroundTruth)
+    ground_truth._build(list(map(attrgetter("question_id"), annotations)),
+                        list(map(attrgetter("answer"), chain.from_iterable(answer_lists))), lengths,
+                        list(map(attrgetter("answer_type"), annotations)),
+                        list(map(attrgetter("question_type"), annotations)), None, source)
+    return ground_truth
+
+
 def _load_entries(path: str | os.PathLike, key: str, what: str) -> list[Any]:
     """A VQA-CP bare list or a VQA v2 object {key: [...]}."""
-    data = load_json(path, what)
+    data = _load_json(path, what)
     if isinstance(data, dict) and isinstance(data.get(key), list):
         return data[key]
     if isinstance(data, list):
@@ -423,12 +513,20 @@ def load_questions(path: str | os.PathLike) -> list[dict[str, Any]]:
 
 def load_annotations(path: str | os.PathLike) -> GroundTruth:
     """Ground truth of a VQA-CP (bare list) or VQA v2 ({"annotations": [...]}) file, in file order."""
+    typed = _typed(path, "annotations")
+    if typed:
+        ground_truth = _ground_truth_of_structs(typed, str(path))
+        if ground_truth is not None:
+            return ground_truth
     return GroundTruth.from_annotations(_load_entries(path, "annotations", "annotations"), source=str(path))
 
 
 def load_ground_truth(questions_path: str | os.PathLike, annotations_path: str | os.PathLike) -> GroundTruth:
     """Annotations joined with their questions on question_id; each must have the other."""
-    question_ids = [q["question_id"] for q in load_questions(questions_path)]
+    typed = _typed(questions_path, "questions")
+    question_ids = list(map(attrgetter("question_id"), typed)) if typed else []
+    if not typed or len(set(question_ids)) != len(question_ids):
+        question_ids = [q["question_id"] for q in load_questions(questions_path)]
     ground_truth = load_annotations(annotations_path)
     annotated = set(ground_truth.question_ids)
     unanswered = [q for q in question_ids if q not in annotated]
@@ -446,7 +544,12 @@ def load_ground_truth(questions_path: str | os.PathLike, annotations_path: str |
 def load_results(path: str | os.PathLike) -> dict[int, str]:
     """A results file [{"question_id": int, "answer": str}, ...] as {question_id: answer}; that it covers
     exactly the ground truth's questions is checked when it is scored (check_predictions)."""
-    entries = load_json(path, "results file")
+    typed = _typed(path, "results")
+    if typed:
+        results = dict(zip(map(attrgetter("question_id"), typed), map(attrgetter("answer"), typed)))
+        if len(results) == len(typed):
+            return results
+    entries = _load_json(path, "results file")
     if not isinstance(entries, list):
         raise VQAError(f"{path}: expected a JSON list of {{question_id, answer}} objects, "
                        f"got {type(entries).__name__}")

@@ -358,6 +358,23 @@ class FeatureStore:
         """float32 [B, K, D] features of a batch of row indices, gathered where the features live."""
         return self._device_cache[rows.to(self._device_cache.device, non_blocking=True)].float()
 
+    def batch(self, rows: np.ndarray) -> torch.Tensor:
+        """The batch of `features(r)` for every r in `rows`, stacked: float32 [B, K, D] gathered by index
+        from the cache or read from HDF5 in increasing row order (each distinct row once); int64 [B] row indices
+        once `keep_on_device` ran (then `gather` gives the features)."""
+        rows = np.asarray(rows, dtype=np.int64)
+        if self._device_cache is not None:
+            return torch.from_numpy(rows.copy())
+        if self._cache is not None:
+            return self._cache.index_select(0, torch.from_numpy(rows)).to(torch.float32)
+        unique, inverse = np.unique(rows, return_inverse=True)
+        data = self._features_data()
+        block = np.empty((len(unique), self.num_boxes, self.dim), dtype=np.float32)
+        for i, row in enumerate(unique.tolist()):  # one chunk a row: h5py's fancy selection is slower
+            data.read_direct(block, np.s_[row], np.s_[i])
+        block = torch.from_numpy(block)
+        return block if len(unique) == len(rows) and np.array_equal(unique, rows) else block[torch.from_numpy(inverse)]
+
     def __getstate__(self) -> dict:
         # a spawned worker receives no open HDF5 handle; it opens its own
         state = self.__dict__.copy()
