@@ -1,5 +1,5 @@
 """Data-pipeline speed: TSV decode vs a plain base64 loop, TSV -> HDF5, dataset items/s (lazy vs cached),
-and whole batches: DataLoader over VQADataset against TensorBatches (gathered by index), side by side.
+and whole batches: DataLoader over VQADataset against batch_loader (gathered by index), side by side.
 
 Generates its own synthetic TSV with the real shapes (36 boxes x 2048 float32) in a temporary
 directory, plus a minimal processed cp split over those images. Prints medians of --repeats runs,
@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from vqa_cp.dataset import Processed, TensorBatches, VQADataset
+from vqa_cp.dataset import Processed, VQADataset, batch_loader
 from vqa_cp.errors import run_cli
 from vqa_cp.features import FeatureStore, iter_tsv, tsv_to_hdf5
 from vqa_cp.files import write_json
@@ -102,11 +102,11 @@ def drain(batches: object) -> None:
 def batch_section(data: Path, h5_path: Path, questions: int, processed: Processed, args: argparse.Namespace,
                   rng: np.random.Generator) -> None:
     """Questions/s of whole batches (features, tokens, dense targets, bias, ids): DataLoader, the path the
-    trainer takes today (num_workers 0: these cores are shared), against TensorBatches, and the floor of the
+    trainer takes today (num_workers 0: these cores are shared), against batch_loader, and the floor of the
     feature gather alone (index_select of the float16 cache, then the float32 copy)."""
     order = rng.integers(0, questions, args.batch * args.batches).tolist()
     n = len(order)
-    print(f"\n{'batches of ' + str(args.batch) + ', random order':<34}{'DataLoader q/s':>15}{'TensorBatches q/s':>19}"
+    print(f"\n{'batches of ' + str(args.batch) + ', random order':<34}{'DataLoader q/s':>15}{'batch_loader q/s':>19}"
           f"{'ratio':>7}")
     for label, mode in (("lazy HDF5 (float32 file)", None), ("cache float16", "cache"),
                         ("cache float16, rows only (GPU)", "device")):
@@ -117,7 +117,7 @@ def batch_section(data: Path, h5_path: Path, questions: int, processed: Processe
             store.keep_on_device(torch.device("cpu"), log=lambda _: None)
         ds = VQADataset(data, "cp", "train", features=store, processed=processed)
         old = median_seconds(lambda ds=ds: drain(DataLoader(ds, batch_size=args.batch, sampler=order)), args.repeats)
-        new = median_seconds(lambda ds=ds: drain(TensorBatches(ds, order, args.batch)), args.repeats)
+        new = median_seconds(lambda ds=ds: drain(batch_loader(ds, order, args.batch)), args.repeats)
         print(f"{label:<34}{n / old:>15.0f}{n / new:>19.0f}{old / new:>7.1f}")
     store = FeatureStore(h5_path)
     store.cache(torch.float16, log=lambda _: None)

@@ -154,11 +154,13 @@ def test_split_by_image_keeps_each_image_on_one_side() -> None:
     assert again.tolist() == val.tolist()
 
 
-@pytest.mark.parametrize("mode", ["lazy", "float16", "float32", "device"])
-def test_tensor_batches_equal_the_dataloader(toy_data: Path, mode: str) -> None:
-    """TensorBatches gives the DataLoader's batches, bit for bit and dtype for dtype, in the sampler's order
-    (a subset of questions, an EpochSampler whose rank padding repeats items, a short last batch)."""
-    from vqa_cp.dataset import TensorBatches
+@pytest.mark.parametrize("mode, workers", [("lazy", 0), ("lazy", 2), ("float16", 0), ("float16", 2),
+                                           ("float32", 0), ("device", 0)])
+def test_whole_batches_equal_the_dataloader(toy_data: Path, mode: str, workers: int) -> None:
+    """batch_loader gives the per-item DataLoader's batches, bit for bit and dtype for dtype, in the sampler's
+    order (a subset of questions, an EpochSampler whose rank padding repeats items, a short last batch),
+    with and without worker processes."""
+    from vqa_cp.dataset import batch_loader
     from vqa_cp.distributed import EpochSampler
 
     features = FeatureStore(toy_data / "processed" / "features.h5")
@@ -171,12 +173,13 @@ def test_tensor_batches_equal_the_dataloader(toy_data: Path, mode: str) -> None:
     sampler = EpochSampler(len(ds), seed=5, rank=1, world=3)
     sampler.set_epoch(2)
     expected = list(DataLoader(ds, batch_size=64, sampler=sampler))
-    got = list(TensorBatches(ds, sampler, 64))
-    assert len(got) == len(expected) == len(TensorBatches(ds, sampler, 64)) == -(-len(sampler) // 64)
+    loader = batch_loader(ds, sampler, 64, num_workers=workers)
+    got = list(loader)
+    assert len(got) == len(expected) == len(loader) == -(-len(sampler) // 64)
     for ours, theirs in zip(got, expected):
         for a, b in zip(ours, theirs):
             assert a.dtype == b.dtype and torch.equal(a, b)
-    assert len(list(TensorBatches(ds, range(130), 64, drop_last=True))) == 2
+    assert len(list(batch_loader(ds, range(130), 64, drop_last=True))) == 2
 
 
 def test_batch_targets_match_the_csr_arrays(data: Path) -> None:

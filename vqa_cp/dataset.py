@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import BatchSampler, DataLoader, Dataset
 
 from vqa_cp.errors import VQAError
 from vqa_cp.features import FEATURES_FILE, FeatureStore, features_problem
@@ -206,7 +206,6 @@ class VQADataset(Dataset):
         return (self.features.features(int(self._rows[i])), self._tokens[q].clone(), target,
                 self._bias[int(self.question_types[i])].clone(), int(self.question_ids[i]))
 
-
     def batch(self, items: np.ndarray | Sequence[int]) -> tuple[torch.Tensor, ...]:
         """default_collate([self[i] for i in items]), gathered by index with no per-item Python:
         (features [B, K, D] float32 (row indices [B] once the store keeps them on the device), tokens [B, 14],
@@ -228,31 +227,30 @@ class VQADataset(Dataset):
                 torch.from_numpy(self.question_ids[items]))
 
 
-class TensorBatches:
-    """Batches of `dataset` in the order of `sampler` (any iterable of item indices, iterated anew each
-    epoch: an EpochSampler after set_epoch, a list, a range), `batch_size` items each, the last one
-    smaller unless `drop_last`: the same tuples as DataLoader(dataset, batch_size, sampler=sampler) with
-    the default collate, gathered whole by `VQADataset.batch` instead of item by item.
-    """
+class _WholeBatches(Dataset):
+    """Item `indices` of this view is the whole batch `dataset.batch(indices)` (what a BatchSampler yields)."""
 
-    def __init__(self, dataset: VQADataset, sampler: Iterable[int], batch_size: int, drop_last: bool = False
-                 ) -> None:
-        if batch_size < 1:
-            raise VQAError(f"batch size must be at least 1, got {batch_size}")
+    def __init__(self, dataset: VQADataset) -> None:
         self.dataset = dataset
-        self.sampler = sampler
-        self.batch_size = batch_size
-        self.drop_last = drop_last
 
     def __len__(self) -> int:
-        n = len(self.sampler)
-        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+        return len(self.dataset)
 
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, ...]]:
-        order = np.fromiter(iter(self.sampler), dtype=np.int64)
-        stop = len(order) - len(order) % self.batch_size if self.drop_last else len(order)
-        for start in range(0, stop, self.batch_size):
-            yield self.dataset.batch(order[start:start + self.batch_size])
+    def __getitem__(self, indices: Sequence[int]) -> tuple[torch.Tensor, ...]:
+        return self.dataset.batch(indices)
+
+
+def batch_loader(dataset: VQADataset, sampler: Iterable[int], batch_size: int, *, num_workers: int = 0,
+                 pin_memory: bool = False, generator: torch.Generator | None = None, drop_last: bool = False
+                 ) -> DataLoader:
+    """Batches of `dataset` in the order of `sampler` (an EpochSampler after set_epoch, a list, a range),
+    `batch_size` items each, the last one smaller unless `drop_last`: the same tuples as
+    DataLoader(dataset, batch_size, sampler=sampler) with the default collate, but each gathered whole by
+    `VQADataset.batch` (no per-item Python), in worker processes when num_workers > 0."""
+    if batch_size < 1:
+        raise VQAError(f"batch size must be at least 1, got {batch_size}")
+    return DataLoader(_WholeBatches(dataset), sampler=BatchSampler(sampler, batch_size, drop_last), batch_size=None,
+                      num_workers=num_workers, pin_memory=pin_memory, generator=generator)
 
 
 @dataclass

@@ -25,14 +25,14 @@ import numpy as np
 import torch
 import torch.nn as nn
 from torch.nn.utils import parametrize
-from torch.utils.data import DataLoader, Subset
+from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from vqa_cp import checkpoints as ckpts
 from vqa_cp import distributed as dist_utils
 from vqa_cp import run_folder
 from vqa_cp.config import parse_args, resume_args
-from vqa_cp.dataset import TrainingData, load_training_data
+from vqa_cp.dataset import TrainingData, batch_loader, load_training_data
 from vqa_cp.errors import VQAError
 from vqa_cp.evaluation import ground_truth_of, official_accuracy_from_dataset
 from vqa_cp.files import write_json
@@ -148,9 +148,8 @@ def evaluate(model: nn.Module, dataset, batch_size: int, num_workers: int, devic
     """Predict a split (sharded across ranks under torchrun) and score it with the official metric."""
     indices = list(range(dist_utils.rank(), len(dataset), dist_utils.world_size()))
     # A private generator: creating the loader must not draw from the global RNG (exact resume).
-    loader = DataLoader(Subset(dataset, indices), batch_size=batch_size, shuffle=False,
-                        num_workers=num_workers, pin_memory=device.type == "cuda",
-                        generator=torch.Generator().manual_seed(0))
+    loader = batch_loader(dataset, indices, batch_size, num_workers=num_workers, pin_memory=device.type == "cuda",
+                          generator=torch.Generator().manual_seed(0))
     qids, labels, score, bound = predict(model, loader, device, amp, desc)
     qids, labels = dist_utils.gather_arrays(qids), dist_utils.gather_arrays(labels)
     score, bound = dist_utils.all_reduce_sum([score, bound])
@@ -388,9 +387,9 @@ def train_one_epoch(run: Run, epoch: int) -> dict[str, Any] | None:
     args, t0 = run.args, time.time()
     first = run.start[1] if epoch == run.start[0] else 0
     run.sampler.set_epoch(epoch, skip=first * run.local_batch)
-    loader = DataLoader(run.data.train, batch_size=run.local_batch, sampler=run.sampler,
-                        num_workers=args.num_workers, generator=torch.Generator().manual_seed(args.seed + epoch),
-                        pin_memory=run.device.type == "cuda", drop_last=False)
+    loader = batch_loader(run.data.train, run.sampler, run.local_batch, num_workers=args.num_workers,
+                          pin_memory=run.device.type == "cuda",
+                          generator=torch.Generator().manual_seed(args.seed + epoch))
     running = run.resumed_running if first and run.resumed_running else {
         "sums": {"loss": 0.0, "score": 0.0, "n": 0}, "parts": {}}
     bar = tqdm(loader, desc=f"epoch {epoch + 1}/{args.epochs}", dynamic_ncols=True,
