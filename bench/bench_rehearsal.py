@@ -88,6 +88,8 @@ def rehearse(scale: float, root: Path, steps: int) -> dict[str, Stage]:
                                      "--out", str(data)], root)}
     stages["download --dry-run"] = run_stage(["bash", "tools/download.sh", "--dry-run", "--data", str(data)], data)
     stages["process.sh"] = run_stage(["bash", "tools/process.sh", "--data", str(data)], data)
+    answers = json.loads((data / "processed" / "cp" / "answers.json").read_text())["answers"]
+    stages["process.sh"].extra = {"answers": len(answers)}
     for name, cache in (("main.py", False), ("main.py --cache_features", True)):
         record = data / f"steps_{'cache' if cache else 'lazy'}.json"
         stage = run_stage(train_cmd(data, data / f"run_{'cache' if cache else 'lazy'}", steps, cache), data,
@@ -199,13 +201,21 @@ def plot(scales: list[float], runs: dict[float, dict[str, Stage]], fits: dict[st
 
 def report(scales: list[float], runs: dict[float, dict[str, Stage]], steps: int, took: float) -> tuple[str, dict]:
     rows, fits = table(scales, runs)
+    answers = {s: runs[s]["process.sh"].extra.get("answers") for s in scales}
+    same = [s for s in scales if answers[s] >= 0.98 * max(answers.values())]  # (1,996 and 2,000 are one model)
+    targets = [f"Fitted over all scales ({', '.join(f'{s:g}' for s in scales)}):\n", *target_lines(fits)]
+    if 2 <= len(same) < len(scales):  # the smaller scales have fewer answers, so a smaller model
+        targets += ["", f"Fitted over the scales with the full answer list only ({', '.join(f'{s:g}' for s in same)}; "
+                    "the same model, so only the data grows):\n", *target_lines(table(same, runs)[1])]
     accuracy = {s: runs[s]["eval/evaluate.py"].extra.get("overall") for s in scales}
     text = ["# Rehearsal: the user path on real-shape stand-in data\n",
             f"{datetime.date.today()}; `python bench/bench_rehearsal.py --scales {','.join(f'{s:g}' for s in scales)} "
             f"--steps {steps} --write`, {took / 60:.1f} min. main.py runs {steps} steps at batch 512, lambda 1e-10, "
             "--num_workers 0 (peak RSS is then the whole process). Peak RSS: os.wait4 of the stage's process "
             "(the largest of it and its descendants); written: growth of the data folder.\n",
-            *rows, "", "## Targets (extrapolated)\n", *target_lines(fits), "",
+            *rows, "", "## Targets (extrapolated)\n", *targets, "",
+            "Answers after the min-count filter (the classifier's width, so part of the training memory): "
+            + ", ".join(f"S={s:g}: {runs[s]['process.sh'].extra.get('answers')}" for s in scales) + "\n",
             f"Official accuracy after {steps} steps (not a result, a check that the path runs end to end): "
             + ", ".join(f"S={s:g}: {a}" for s, a in accuracy.items()), "",
             "## Regulariser over the steps\n", *regulariser_rows(scales, runs), ""]
