@@ -15,6 +15,7 @@ import base64
 import binascii
 import resource
 import statistics
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -24,12 +25,14 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from vqa_cp.dataset import Processed, VQADataset, batch_loader
-from vqa_cp.errors import run_cli
-from vqa_cp.features import FeatureStore, iter_tsv, tsv_to_hdf5
-from vqa_cp.files import write_json
-from vqa_cp.processing import processed_dir, save_npy, save_npz
-from vqa_cp.text import MAX_QUESTION_LENGTH, Dictionary
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from vqa_cp.dataset import Processed, VQADataset, batch_loader  # noqa: E402
+from vqa_cp.errors import run_cli  # noqa: E402
+from vqa_cp.features import FeatureStore, iter_tsv, tsv_to_hdf5  # noqa: E402
+from vqa_cp.files import write_json  # noqa: E402
+from vqa_cp.processing import processed_dir, save_npy, save_npz  # noqa: E402
+from vqa_cp.text import MAX_QUESTION_LENGTH, Dictionary  # noqa: E402
 
 
 def write_synthetic_tsv(path: Path, images: int, boxes: int, dim: int, rng: np.random.Generator) -> None:

@@ -208,8 +208,9 @@ class VQADataset(Dataset):
 
     def batch(self, items: np.ndarray | Sequence[int]) -> tuple[torch.Tensor, ...]:
         """default_collate([self[i] for i in items]), gathered by index with no per-item Python:
-        (features [B, K, D] float32 (row indices [B] once the store keeps them on the device), tokens [B, 14],
-        target [B, A], bias [B, A], question_id [B] int64)."""
+        (features [B, K, D] (float32; in the RAM cache's dtype when cached, see `FeatureStore.batch`; row
+        indices [B] once the store keeps them on the device), tokens [B, 14], target [B, A], bias [B, A],
+        question_id [B] int64)."""
         items = np.asarray(items, dtype=np.int64).reshape(-1)
         if len(items) and (items.min() < 0 or items.max() >= len(self)):
             raise IndexError(f"item index out of range for {len(self)} items")
@@ -245,8 +246,9 @@ def batch_loader(dataset: VQADataset, sampler: Iterable[int], batch_size: int, *
                  ) -> DataLoader:
     """Batches of `dataset` in the order of `sampler` (an EpochSampler after set_epoch, a list, a range),
     `batch_size` items each, the last one smaller unless `drop_last`: the same tuples as
-    DataLoader(dataset, batch_size, sampler=sampler) with the default collate, but each gathered whole by
-    `VQADataset.batch` (no per-item Python), in worker processes when num_workers > 0."""
+    DataLoader(dataset, batch_size, sampler=sampler) with the default collate (the features of a RAM cache
+    in its dtype), but each gathered whole by `VQADataset.batch` (no per-item Python), in worker processes
+    when num_workers > 0."""
     if batch_size < 1:
         raise VQAError(f"batch size must be at least 1, got {batch_size}")
     return DataLoader(_WholeBatches(dataset), sampler=BatchSampler(sampler, batch_size, drop_last), batch_size=None,

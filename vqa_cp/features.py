@@ -359,14 +359,16 @@ class FeatureStore:
         return self._device_cache[rows.to(self._device_cache.device, non_blocking=True)].float()
 
     def batch(self, rows: np.ndarray) -> torch.Tensor:
-        """The batch of `features(r)` for every r in `rows`, stacked: float32 [B, K, D] gathered by index
-        from the cache or read from HDF5 in increasing row order (each distinct row once); int64 [B] row indices
-        once `keep_on_device` ran (then `gather` gives the features)."""
+        """The batch of `features(r)` for every r in `rows`, stacked [B, K, D]: gathered by index from the RAM
+        cache in the cache's dtype (float16 by default: half the bytes to gather and to copy to the device,
+        where the trainer widens it to float32, the same values), or read from HDF5 as float32 in increasing
+        row order (each distinct row once); int64 [B] row indices once `keep_on_device` ran (then `gather`
+        gives the features)."""
         rows = np.asarray(rows, dtype=np.int64)
         if self._device_cache is not None:
             return torch.from_numpy(rows.copy())
         if self._cache is not None:
-            return self._cache.index_select(0, torch.from_numpy(rows)).to(torch.float32)
+            return self._cache.index_select(0, torch.from_numpy(rows))
         unique, inverse = np.unique(rows, return_inverse=True)
         data = self._features_data()
         block = np.empty((len(unique), self.num_boxes, self.dim), dtype=np.float32)
