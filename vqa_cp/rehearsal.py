@@ -26,7 +26,6 @@ from __future__ import annotations
 import base64
 import json
 import os
-import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -38,7 +37,7 @@ from vqa_cp.errors import VQAError
 from vqa_cp.features import TSV_FILE
 from vqa_cp.files import atomic_path
 from vqa_cp.processing import ANSWERS_PER_QUESTION, DEFAULT_MIN_COUNT, DICTIONARY_QUESTION_FILES, GLOVE_FILE, RAW_FILES
-from vqa_cp.toy import INFO, LICENSE, V2_SUBTYPES, _replace_dir, _sibling
+from vqa_cp.toy import INFO, LICENSE, V2_SUBTYPES, write_generated
 
 REHEARSAL_FILE = "rehearsal.json"
 REAL = {"images": 123_287, "train2014_images": 82_783, "test2015_images": 81_434, "cp_train": 438_183,
@@ -443,16 +442,6 @@ def _generate(out: Path, config: RehearsalConfig, progress: bool) -> dict[str, A
     return summary
 
 
-def _check_out_dir(out: Path, force: bool) -> None:
-    if out.exists() and not out.is_dir():
-        raise VQAError(f"output {out} exists and is not a folder")
-    if out.is_dir() and any(out.iterdir()):
-        if not force:
-            raise VQAError(f"output folder {out} is not empty (pass --force to replace it)")
-        if not (out / REHEARSAL_FILE).is_file():
-            raise VQAError(f"refusing to replace {out}: it holds no {REHEARSAL_FILE}, so it is no rehearsal dataset")
-
-
 def generate_rehearsal_data(out_dir: str | os.PathLike, config: RehearsalConfig, force: bool = False,
                             progress: bool = True) -> dict[str, Any]:
     """Write the rehearsal dataset (raw layout of docs/DESIGN.md plus rehearsal.json) into `out_dir`.
@@ -461,16 +450,5 @@ def generate_rehearsal_data(out_dir: str | os.PathLike, config: RehearsalConfig,
     is refused unless `force` (and then only a previous rehearsal dataset is replaced). Returns the summary
     that rehearsal.json holds.
     """
-    out = Path(out_dir)
-    _check_out_dir(out, force)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _sibling(out, "tmp")
-    tmp.mkdir()
-    try:
-        summary = _generate(tmp, config, progress)
-        _replace_dir(tmp, out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
-    summary["out_dir"] = str(out)
-    return summary
+    return write_generated(out_dir, lambda tmp: _generate(tmp, config, progress), force, REHEARSAL_FILE,
+                           "rehearsal dataset")

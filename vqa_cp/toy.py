@@ -318,14 +318,36 @@ def _glove_lines(rng: np.random.Generator, words: list[str], plural_similarity: 
         yield word + " " + " ".join(f"{x:.5f}" for x in vector) + "\n"
 
 
-def _check_out_dir(out: Path, force: bool) -> None:
+def _check_out_dir(out: Path, force: bool, marker: str, kind: str) -> None:
     if out.exists() and not out.is_dir():
         raise VQAError(f"output {out} exists and is not a folder")
     if out.is_dir() and any(out.iterdir()):
         if not force:
             raise VQAError(f"output folder {out} is not empty (pass --force to replace it)")
-        if not (out / SCENES_FILE).is_file():
-            raise VQAError(f"refusing to replace {out}: it holds no {SCENES_FILE}, so it is no toy dataset")
+        if not (out / marker).is_file():
+            raise VQAError(f"refusing to replace {out}: it holds no {marker}, so it is no {kind}")
+
+
+def write_generated(out_dir: str | os.PathLike, generate: Callable[[Path], dict[str, Any]], force: bool,
+                    marker: str, kind: str) -> dict[str, Any]:
+    """Run `generate(folder)` in a temporary sibling of `out_dir`, renamed onto it once complete.
+
+    A non-empty `out_dir` is refused unless `force`, and even then only one holding `marker` (a previous
+    dataset of this `kind`) is replaced. Returns generate's summary, with "out_dir".
+    """
+    out = Path(out_dir)
+    _check_out_dir(out, force, marker, kind)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _sibling(out, "tmp")
+    tmp.mkdir()
+    try:
+        summary = generate(tmp)
+        _replace_dir(tmp, out)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+    summary["out_dir"] = str(out)
+    return summary
 
 
 def _sibling(out: Path, tag: str) -> Path:
@@ -358,19 +380,8 @@ def generate_toy_data(out_dir: str | os.PathLike, config: ToyConfig, force: bool
     `out_dir` is refused unless `force` (and even then only a previous toy dataset is replaced).
     Returns a summary: counts per file, dictionary size, words left out of GloVe, train-heavy answers.
     """
-    out = Path(out_dir)
-    _check_out_dir(out, force)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _sibling(out, "tmp")
-    tmp.mkdir()
-    try:
-        summary = _generate(tmp, config, progress)
-        _replace_dir(tmp, out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
-    summary["out_dir"] = str(out)
-    return summary
+    return write_generated(out_dir, lambda tmp: _generate(tmp, config, progress), force, SCENES_FILE,
+                           "toy dataset")
 
 
 def _generate(out: Path, config: ToyConfig, progress: bool) -> dict[str, Any]:
