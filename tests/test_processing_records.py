@@ -205,7 +205,8 @@ def test_unwritable_folder_and_file_in_the_way(tmp_path: Path, monkeypatch: pyte
     write_raw(tmp_path)
     (tmp_path / "processed").write_text("not a folder")
     line = one_line_error(capsys, lambda: process_text(tmp_path, log=quiet))
-    assert line == f"error: {tmp_path / 'processed'}: File exists"
+    assert line == (f"error: {tmp_path / 'processed' / 'dictionary.json'}: {tmp_path / 'processed'} is a file, "
+                    "not a folder")
     (tmp_path / "processed").unlink()
     process_text(tmp_path, log=quiet)
     (tmp_path / "processed" / "cp").write_text("not a folder")
