@@ -188,3 +188,28 @@ def test_a_full_disk_while_checkpointing_is_one_line_and_keeps_the_last_checkpoi
     assert [p.name for p in ckpts.list_checkpoints(out)] == [ckpts.checkpoint_name(0, 3)]
     assert ckpts.safe_load(out / ckpts.checkpoint_name(0, 3))["step"] == 3
     assert not list(out.glob(".*.tmp"))
+
+
+def test_resume_edge_cases(toy_data, tmp_path):
+    out = tmp_path / "run"
+    main(tiny_args(toy_data, out, "--inf_lambda", "0", "--max_steps", "3"))  # stops mid-epoch 1
+    ckpt = ckpts.list_checkpoints(out)[0]
+    state = ckpts.safe_load(ckpt)
+    state["epoch"] = 1  # as if it were a mid-epoch checkpoint of the second epoch of a 1-epoch run
+    ckpts.save_checkpoint(ckpt, state)
+    with pytest.raises(VQAError, match="already trained 1 epochs and part of the next; give --epochs 2 or more"):
+        main(["--resume", str(out)])
+    with pytest.raises(VQAError, match="--overwrite deletes it"):
+        main(["--resume", str(out), "--overwrite"])
+    state = ckpts.safe_load(ckpts.list_checkpoints(out)[0])
+    state["epoch"] = 0
+    del state["args"]["inf_score_scale"]  # a run started before the flag existed
+    ckpts.save_checkpoint(ckpts.list_checkpoints(out)[0], state)
+    main(["--resume", str(out), "--inf_score_scale", "paper", "--max_steps", "1"])  # its default: not refused
+
+
+def test_nocp_runs_log_their_val2014_evaluation(toy_data, tmp_path):
+    out = tmp_path / "run"
+    main(tiny_args(toy_data, out, "--inf_lambda", "0", "--nocp"))
+    log = (out / "log.txt").read_text()
+    assert "\teval score: " in log and "official val2014 accuracy: " in log

@@ -174,7 +174,8 @@ def load_newest_checkpoint(output_dir: str | os.PathLike, run_id: str | None = N
     one of another run than `run_id` (when given)."""
     candidates = list_checkpoints(output_dir)
     if not candidates:
-        raise VQAError(f"--resume {output_dir}: no checkpoint_e*_s*.pth in that folder")
+        raise VQAError(f"--resume {output_dir}: no checkpoint_e*_s*.pth in that folder (a run that stopped "
+                       "before its first checkpoint has nothing to continue: start it anew with --overwrite)")
     for path in candidates:
         try:
             ckpt = safe_load(path)

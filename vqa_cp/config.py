@@ -112,8 +112,6 @@ def check_args(args: argparse.Namespace) -> argparse.Namespace:
         raise VQAError("--select_on val needs a validation split: add --val_fraction F (e.g. 0.1)")
     if args.features_on_gpu and not args.cache_features:
         raise VQAError("--features_on_gpu needs --cache_features")
-    if args.resume and args.overwrite:
-        raise VQAError("--resume continues a run and --overwrite deletes it: give one of them")
     return args
 
 
@@ -133,15 +131,16 @@ def resume_args(argv: list[str], saved: dict[str, Any]) -> argparse.Namespace:
     """The resumed run's own flags, with those of RESUME_APPLIES that were given; any other flag given with
     a value other than the run's is refused (a resumed run is the run that was started, not a new one)."""
     given = given_flags(argv)
-    refused = [f"--{key} {value} (the run has {saved.get(key)})" for key, value in given.items()
-               if key not in RESUME_APPLIES and key != "resume" and saved.get(key) != value]
+    defaults = vars(build_parser().parse_args([]))  # of flags added after the run was started
+    refused = [f"--{key} {value} (the run has {saved.get(key, defaults.get(key))})" for key, value in given.items()
+               if key not in RESUME_APPLIES and key != "resume" and saved.get(key, defaults.get(key)) != value]
     if refused:
         raise VQAError(f"--resume continues the run as it was started, so these flags cannot change: "
                        f"{', '.join(refused)}; start a new run with --output instead")
     merged = dict(saved)
     merged.update({key: value for key, value in given.items() if key in RESUME_APPLIES})
     merged["resume"] = given["resume"]
-    merged.setdefault("overwrite", False)
-    for key, value in vars(build_parser().parse_args([])).items():
-        merged.setdefault(key, value)  # flags added after the run was started
+    merged["overwrite"] = False
+    for key, value in defaults.items():
+        merged.setdefault(key, value)
     return argparse.Namespace(**merged)

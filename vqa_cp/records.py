@@ -20,6 +20,11 @@ from vqa_cp.files import write_text
 LOG_FILE, METRICS_FILE, STEPS_FILE = "log.txt", "metrics.jsonl", "steps.jsonl"
 
 
+def evaluations(record: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """The evaluated splits of an epoch record (val, test, or val2014 with --nocp) and their figures."""
+    return [(key, value) for key, value in record.items() if isinstance(value, dict) and "soft_score" in value]
+
+
 def epoch_lines(record: dict[str, Any]) -> list[str]:
     """An epoch record in the reference log's wording (plus the regulariser's figures)."""
     lines = [f"epoch {record['epoch']}, time: {record['seconds']:.2f}",
@@ -30,10 +35,7 @@ def epoch_lines(record: dict[str, Any]) -> list[str]:
         ratio = record.get("grad_norm_ratio")
         lines.append(f"\tregulariser share of the loss: {100 * record['reg_share']:.2f}%"
                      + ("" if ratio is None else f", gradient norm regulariser / task: {ratio:.3g}"))
-    for split in ("val", "test"):
-        ev = record.get(split)
-        if ev is None:
-            continue
+    for split, ev in evaluations(record):
         lines.append(f"\teval score: {ev['soft_score']:.2f} ({ev['upper_bound']:.2f})")
         if "overall" in ev:
             per = ev["perAnswerType"]
@@ -94,9 +96,8 @@ class TensorBoardSink:
         for key in ("reg_term", "reg_share", "score_q", "score_v", "floored", "grad_norm_ratio"):
             if record.get(key) is not None:
                 self.writer.add_scalar(f"epoch/{key}", record[key], epoch)
-        for split in ("val", "test"):
-            ev = record.get(split)
-            if ev and "overall" in ev:
+        for split, ev in evaluations(record):
+            if "overall" in ev:
                 self.writer.add_scalar(f"{split}/overall", ev["overall"], epoch)
                 for answer_type, value in ev["perAnswerType"].items():
                     self.writer.add_scalar(f"{split}/{answer_type}", value, epoch)

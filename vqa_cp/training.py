@@ -31,7 +31,7 @@ from tqdm import tqdm
 from vqa_cp import checkpoints as ckpts
 from vqa_cp import distributed as dist_utils
 from vqa_cp import run_folder
-from vqa_cp.config import parse_args, resume_args
+from vqa_cp.config import build_parser, check_args, resume_args
 from vqa_cp.dataset import TrainingData, batch_loader, load_training_data
 from vqa_cp.errors import VQAError
 from vqa_cp.evaluation import ground_truth_of, official_accuracy_from_dataset
@@ -225,15 +225,18 @@ class Run:
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     """Train, evaluate and save; returns the final results dict (also written to results.json)."""
     argv = sys.argv[1:] if argv is None else list(argv)
-    args = parse_args(argv)
+    args = build_parser().parse_args(argv)
     resume_path, resume_ckpt = None, None
-    if args.resume:
+    if not args.resume:
+        args = check_args(args)
+        args.output = str(run_folder.choose_output(args.output))
+    else:  # the run's own flags, checked when it started, with those given that may change
+        if args.overwrite:
+            raise VQAError("--resume continues a run and --overwrite deletes it: give one of them")
         out_dir = Path(args.resume)
         resume_path, resume_ckpt = ckpts.load_newest_checkpoint(out_dir, run_folder.resumed_run_id(out_dir))
         args = resume_args(argv, resume_ckpt["args"])
         args.output = str(out_dir)
-    else:
-        args.output = str(run_folder.choose_output(args.output))
     dist_utils.setup()
     try:
         results = train(args, resume_path, resume_ckpt)
@@ -270,9 +273,11 @@ def setup(args: argparse.Namespace, resume_path: Path | None, resume_ckpt: dict[
         raise VQAError(f"--batch_size {args.batch_size} is not divisible by the world size {world}")
     if args.amp == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
         raise VQAError("--amp bf16: this GPU does not support bfloat16")
-    if resume_ckpt is not None and resume_ckpt["epoch"] > args.epochs:
+    if resume_ckpt is not None and (resume_ckpt["epoch"], resume_ckpt["step"]) > (args.epochs, 0):
+        done = resume_ckpt["epoch"] + (resume_ckpt["step"] > 0)  # a mid-epoch checkpoint is in the next epoch
         raise VQAError(f"--epochs {args.epochs}: the run in {args.output} has already trained "
-                       f"{resume_ckpt['epoch']} epochs")
+                       f"{resume_ckpt['epoch']} epochs{' and part of the next' if resume_ckpt['step'] else ''}; "
+                       f"give --epochs {done} or more")
     out_dir = Path(args.output)
     if resume_ckpt is None:
         run_folder.check_new_output(out_dir, args.overwrite)
@@ -486,11 +491,13 @@ def evaluate_epoch(run: Run, epoch: int) -> dict[str, Any]:
     data = run.data
     split, name = (data.val, "val") if data.val is not None else (data.eval, data.eval_name)
     ev = evaluate(run.objective.model, split, run.local_batch, run.args.num_workers, run.device, run.amp, name)
-    if data.val is not None and run.args.select_on == "val" and dist_utils.is_main() and (
-            run.selected is None or ev.official["overall"] > run.selected["val"]["overall"]):
-        run.selected = {"epoch": epoch + 1, "val": ev.record()}
-        ckpts.save_checkpoint(run.out_dir / "best_val.pth", {"epoch": epoch + 1,
-                                                             "model": run.objective.model.state_dict()})
+    if data.val is not None and run.args.select_on == "val":
+        (overall,) = dist_utils.all_reduce_sum([ev.official.get("overall", 0.0)])  # rank 0's, on every rank
+        if run.selected is None or overall > run.selected["val"]["overall"]:
+            run.selected = {"epoch": epoch + 1, "val": {**ev.record(), "overall": overall}}
+            if dist_utils.is_main():
+                ckpts.save_checkpoint(run.out_dir / "best_val.pth", {"epoch": epoch + 1,
+                                                                     "model": run.objective.model.state_dict()})
     return {name: ev.record()}
 
 
@@ -518,6 +525,7 @@ def finish(run: Run) -> dict[str, Any]:
     if data.val is not None:
         chosen = run.selected["epoch"] if run.selected is not None and args.select_on == "val" else args.epochs
         if chosen != args.epochs:
+            dist_utils.barrier()  # rank 0 wrote best_val.pth
             run.objective.model.load_state_dict(ckpts.safe_load(run.out_dir / "best_val.pth")["model"])
         run.save_model(args.epochs)
         with model_saved_on_failure(run, args.epochs):
