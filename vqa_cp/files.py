@@ -22,7 +22,8 @@ def _temp_prefix(path: Path) -> str:
 
 
 def remove_stale_temps(path: Path) -> None:
-    """Delete temporaries that an interrupted atomic write of `path` left behind."""
+    """Delete temporaries that an interrupted atomic write of `path` left behind (its name may be a glob
+    pattern, e.g. `checkpoint_e*_s*.pth`)."""
     if path.parent.is_dir():
         for stale in path.parent.glob(f"{_temp_prefix(path)}*{_TEMP_SUFFIX}"):
             stale.unlink()

@@ -17,7 +17,7 @@ from typing import Any
 
 from vqa_cp.config import DEFAULT_OUTPUT
 from vqa_cp.errors import VQAError
-from vqa_cp.files import load_json, write_json
+from vqa_cp.files import load_json, remove_stale_temps, write_json
 
 RUN_FILE = "run.json"
 # What a training run writes into its folder (compare_methods' train_output.txt / crashed.json are not ours).
@@ -101,7 +101,6 @@ def resumed_run_id(out_dir: Path) -> str | None:
 
 
 def remove_checkpoint_temps(out_dir: Path) -> None:
-    """Remove temporaries that a checkpoint or model write killed midway left (.NAME.XXXXXXXX.tmp)."""
-    for pattern in (".checkpoint_e*_s*.pth.*.tmp", ".model.pth.*.tmp", ".best_val.pth.*.tmp"):
-        for stale in out_dir.glob(pattern):
-            stale.unlink()
+    """Remove temporaries that a checkpoint or model write killed midway left (files.atomic_path's naming)."""
+    for name in (*RUN_GLOBS, "model.pth", "best_val.pth"):
+        remove_stale_temps(out_dir / name)
