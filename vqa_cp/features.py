@@ -9,7 +9,7 @@ from __future__ import annotations
 import binascii
 import hashlib
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -106,18 +106,29 @@ def iter_tsv(path: str | os.PathLike, progress: bool = True, digest=None) -> Ite
 
 def tsv_to_hdf5(tsv_path: str | os.PathLike, h5_path: str | os.PathLike, fp16: bool = False,
                 progress: bool = True, digest=None) -> int:
-    """Convert the TSV to one HDF5 file; returns the number of images.
+    """Convert the TSV to one HDF5 file (`write_features_h5`); returns the number of images.
 
-    Datasets: features [N, K, D] (float32, or float16 with fp16) chunked one image per chunk,
-    boxes [N, K, 4] float32, image_w [N], image_h [N], image_id [N] int64, all in file order.
-    Every image must have the same K and D; image ids must be unique. Written to a temporary name,
-    so a bad row leaves no file. `digest`: see `iter_tsv`. No object times are stored, so the same TSV
-    gives the same bytes.
+    `digest`: see `iter_tsv`. A bad row leaves no file.
     """
     tsv_path = Path(tsv_path)
+    return write_features_h5(((f"{tsv_path}: line {lineno}", row) for lineno, row in iter_tsv(tsv_path, progress,
+                                                                                            digest)),
+                             h5_path, fp16, source=tsv_path)
+
+
+def write_features_h5(rows: Iterable[tuple[str, TSVRow]], h5_path: str | os.PathLike, fp16: bool = False,
+                      source: str | os.PathLike = "<features>") -> int:
+    """Write (where, row) pairs, in order, to one HDF5 file; returns the number of images.
+
+    `where` names the row in errors (e.g. "FILE: line 12"). Datasets: features [N, K, D] (float32, or
+    float16 with fp16) chunked one image per chunk, boxes [N, K, 4] float32, image_w [N], image_h [N],
+    image_id [N] int64, all in the rows' order. Every image must have the same K and D; image ids must be
+    unique. Written to a temporary name, so a bad row leaves no file. No object times are stored, so the
+    same rows give the same bytes.
+    """
     dtype = np.float16 if fp16 else np.float32
     with atomic_path(h5_path) as tmp, h5py.File(tmp, "w") as h5:
-        first_line: dict[int, int] = {}
+        first_seen: dict[int, str] = {}
         buffer: list[TSVRow] = []
         n = 0
         shape = None
@@ -135,11 +146,10 @@ def tsv_to_hdf5(tsv_path: str | os.PathLike, h5_path: str | os.PathLike, fp16: b
             n = end
             buffer.clear()
 
-        for lineno, row in iter_tsv(tsv_path, progress, digest):
-            if row.image_id in first_line:
-                raise VQAError(f"{tsv_path}: line {lineno}: duplicate image_id {row.image_id} "
-                               f"(first on line {first_line[row.image_id]})")
-            first_line[row.image_id] = lineno
+        for where, row in rows:
+            if row.image_id in first_seen:
+                raise VQAError(f"{where}: duplicate image_id {row.image_id} (first at {first_seen[row.image_id]})")
+            first_seen[row.image_id] = where
             if shape is None:
                 shape = row.features.shape
                 k, d = shape
@@ -151,14 +161,13 @@ def tsv_to_hdf5(tsv_path: str | os.PathLike, h5_path: str | os.PathLike, fp16: b
                     h5.create_dataset(name, (0,), maxshape=(None,), chunks=(WRITE_BLOCK * 16,),
                                       dtype=np.int64, track_times=False)
             elif row.features.shape != shape:
-                raise VQAError(f"{tsv_path}: line {lineno} (image_id {row.image_id}): features "
-                               f"{row.features.shape[0]} x {row.features.shape[1]}, but earlier images have "
-                               f"{shape[0]} x {shape[1]}")
+                raise VQAError(f"{where} (image_id {row.image_id}): features {row.features.shape[0]} x "
+                               f"{row.features.shape[1]}, but earlier images have {shape[0]} x {shape[1]}")
             buffer.append(row)
             if len(buffer) == WRITE_BLOCK:
                 flush()
         if shape is None:
-            raise VQAError(f"{tsv_path}: no feature rows")
+            raise VQAError(f"{source}: no feature rows")
         if buffer:
             flush()
     return n
