@@ -473,8 +473,16 @@ def process_dataset(data_dir: str | os.PathLike, dataset: str, min_count: int = 
 
 
 def process_answers(data_dir: str | os.PathLike, min_count: int = DEFAULT_MIN_COUNT, log=print) -> list[str]:
-    """Step 2 for every dataset whose raw files exist; returns the datasets processed or skipped."""
+    """Step 2 for every dataset whose raw files exist; returns the datasets processed or skipped.
+
+    First the raw files' checks: one skipped when its copy was put in place (VQA-CP without VQA v2) runs
+    now if it can (a refused copy is a VQAError), then the notes of the checks are repeated.
+    """
+    from vqa_cp import verify  # verify builds on this module
+
     data_dir = Path(data_dir)
+    verify.check_pending(data_dir, log)
+    verify.repeat_notes(data_dir, log)
     done = []
     for dataset, files in RAW_FILES.items():
         paths = [data_dir / name for pair in files.values() for name in pair]

@@ -41,6 +41,7 @@ from vqa_cp.model import build_model
 from vqa_cp.objective import TASK_PARTS, TERM_NAMES, NonFiniteLoss, Objective
 from vqa_cp.records import Records
 from vqa_cp.regularization import RegParameters, Regularization
+from vqa_cp.verify import repeat_notes
 
 Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
 
@@ -319,6 +320,8 @@ def setup(args: argparse.Namespace, resume_path: Path | None, resume_ckpt: dict[
     records = open_records(args, out_dir, resume_ckpt, start, math.ceil(sampler.per_rank / (args.batch_size // world)))
     records.line(f"resumed from {resume_path.name} (epoch {start[0]}, step {start[1]})" if resume_ckpt else
                  describe_run(args, data, objective))
+    if dist_utils.is_main():
+        repeat_notes(Path(args.data), log=records.line)  # what the raw files' checks reported
     run = Run(args, device, data, objective, optimizer, dist_utils.wrap_ddp(objective, device), sampler, out_dir,
               records, run_id, history, start, resume_ckpt.get("running") if resume_ckpt else None)
     run.selected = max((r for r in history if "val" in r), key=lambda r: r["val"]["overall"], default=None)
