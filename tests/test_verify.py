@@ -315,3 +315,33 @@ def test_a_skipped_check_that_fails_later_refuses_processing(toy, tmp_path):
     with pytest.raises(VQAError, match=r"vqacp_v2_train_questions.json fails its check: .*image_id 1, but"):
         process_answers(data, log=lambda line: None)
     assert not (data / "processed" / "cp").exists()
+
+
+def test_notes_of_later_imports_join_the_earlier_ones_without_repeats(copy, toy):
+    candidates, data = copy
+    place(toy, data, CP_FILES)
+    first = verify.verify_raw(candidates, data, release=False)
+    verify.remember(data, first, candidates)
+    v2 = place(toy, data.parent / "import_v2", V2_FILES)
+    second = verify.verify_raw(v2, data, release=False)  # VQA-CP in place is checked against the new VQA v2
+    assert second.refused == {} and set(first.notes) <= set(second.notes)
+    verify.remember(data, second, v2)
+    shown = verify.repeat_notes(data, lambda line: None)
+    assert sorted(shown) == sorted(second.notes) and len(shown) == 2 + 4
+
+
+def test_a_vqacp_entry_without_coco_split_is_refused(copy):
+    candidates, data = copy
+    qid = []
+    edit(candidates[CP_QUESTIONS["train"]], lambda e: qid.append(e[4].pop("coco_split") and e[4]["question_id"]))
+    reason = verify.verify_raw(candidates, data, release=False).refused[CP_ANNOTATIONS["test"]]
+    assert reason.endswith(f": entry 4 (question_id {qid[0]}): missing field 'coco_split' (expected train2014 or "
+                           "val2014)")
+
+
+def test_other_glove_widths_are_checked_at_their_own_width(tmp_path):
+    name = "glove/glove.6B.50d.txt"
+    (tmp_path / name).parent.mkdir(parents=True)
+    (tmp_path / name).write_text(_line("a", 50) + "\n" + _line("b", 300) + "\n")
+    refused = verify.verify_raw({name: tmp_path / name}, tmp_path, release=False).refused
+    assert refused[name].endswith("line 2: 300 numbers, expected 50")

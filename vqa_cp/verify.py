@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import numpy as np
 from tqdm import tqdm
 
@@ -101,6 +102,7 @@ class _Inputs:
         self.verdict = verdict
         self._entries: dict[str, list | VQAError] = {}
         self._ids: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        self.val: dict[str, np.ndarray] = {}  # VQA-CP file -> bool [N]: coco_split is val2014
 
     def path(self, name: str) -> Path | None:
         if name in self.candidates:
@@ -214,15 +216,18 @@ def _check_v2(inputs: _Inputs, release: bool) -> None:
 
 def _coco_splits(inputs: _Inputs, name: str) -> np.ndarray:
     """bool [N]: entry is from val2014 (coco_split), each value checked to be train2014 or val2014."""
+    if name in inputs.val:
+        return inputs.val[name]
     entries = inputs.entries(name)
-    splits = [e.get("coco_split") for e in entries]
+    splits = [e.coco_split for e in entries]
     bad = set(splits) - {"train2014", "val2014"}
     if bad:
         k = next(i for i, s in enumerate(splits) if s in bad)
-        what = "missing field 'coco_split'" if splits[k] is None else f"coco_split {splits[k]!r}"
+        what = "missing field 'coco_split'" if splits[k] is msgspec.UNSET else f"coco_split {splits[k]!r}"
         raise VQAError(f"{inputs.path(name)}: entry {k} (question_id {entries[k].question_id}): {what} "
                        "(expected train2014 or val2014)")
-    return np.fromiter((s == "val2014" for s in splits), bool, len(splits))
+    inputs.val[name] = np.fromiter((s == "val2014" for s in splits), bool, len(splits))
+    return inputs.val[name]
 
 
 def release_split_problem(counts: dict[str, int]) -> str | None:
@@ -531,12 +536,12 @@ def _unchanged(data_dir: Path, files: dict[str, Any], cache: DigestCache) -> boo
 
 def remember(data_dir: Path, verdict: Verdict, files: dict[str, Path]) -> None:
     """Store the verdict's notes in DATA/.verification.json, each keyed by the size and SHA-256 of the files
-    it concerns (from `files`, raw-layout name -> path, else the file in DATA). Earlier notes about any file
-    this verification checked are replaced; notes about a refused file are not stored."""
+    it concerns (from `files`, raw-layout name -> path, else the file in DATA). Earlier notes about any of
+    `files`, and earlier copies of the verdict's notes, are replaced; notes about a refused file are not
+    stored."""
     data_dir = Path(data_dir)
     files = {name: Path(p) for name, p in files.items()}
-    replaced = set(files) | verdict.checked
-    entries = [e for e in _read_store(data_dir) if not set(e["files"]) & replaced]
+    entries = [e for e in _read_store(data_dir) if not set(e["files"]) & set(files) and e["note"] not in verdict.notes]
     with digest_cache(processed_dir(data_dir)) as cache:
         for note in verdict.notes:
             names = verdict.about.get(note, tuple(files))
