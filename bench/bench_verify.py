@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import resource
 import statistics
 import sys
 import tempfile
@@ -103,6 +104,8 @@ def main() -> None:
               f"GloVe ({glove_mb:.0f} MB) check / counting its lines = {glove_ratio:.1f} "
               f"({glove_mb / medians['check glove']:.0f} MB/s: the 1 GB glove.6B.300d.txt in about "
               f"{1000 / (glove_mb / medians['check glove']):.0f} s)", "",
+              f"peak RSS of the process {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6:.2f} GB "
+              "(generation included; the check holds all 8 files' entries at once)", "",
               f"`python bench/bench_verify.py --scale {args.scale} --repeats {args.repeats} --write`"]
     text = "\n".join(lines) + "\n"
     print(text)

@@ -275,7 +275,7 @@ def _aligned(v2_ids: np.ndarray, ids: np.ndarray) -> np.ndarray:
 
 
 def _cp_against_v2(inputs: _Inputs) -> None:
-    """The union, image_id and coco_split relation to VQA v2 (VQAError), then the reported field checks."""
+    """The hard relation to VQA v2: the union of the splits, every image_id and coco_split (else VQAError)."""
     v2_q = [V2_QUESTIONS[s] for s in ("train2014", "val2014")]
     v2_a = [V2_ANNOTATIONS[s] for s in ("train2014", "val2014")]
     for q_name, a_name in zip(v2_q, v2_a):
