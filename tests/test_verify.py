@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
+from tests.conftest import tiny_args
 from vqa_cp import verify
 from vqa_cp.errors import VQAError
 from vqa_cp.processing import process_answers
 from vqa_cp.toy import ToyConfig, generate_toy_data
+from vqa_cp.training import main
 from vqa_cp.verify import CP_ANNOTATIONS, CP_QUESTIONS, V2_ANNOTATIONS, V2_QUESTIONS
 
 CP_FILES = [*CP_QUESTIONS.values(), *CP_ANNOTATIONS.values()]
@@ -276,8 +281,6 @@ def test_process_answers_repeats_the_notes_and_main_prints_them(toy_data, tmp_pa
     process_answers(data, log=log)
     assert [line for line in lines if line.startswith("note")] == [f"note (data check): {n}" for n in verdict.notes]
 
-    from tests.conftest import tiny_args
-    from vqa_cp.training import main
     main(tiny_args(data, tmp_path / "run"))
     log_txt = (tmp_path / "run" / "log.txt").read_text()
     assert all(f"note (data check): {n}" in log_txt for n in verdict.notes)
@@ -345,3 +348,16 @@ def test_other_glove_widths_are_checked_at_their_own_width(tmp_path):
     (tmp_path / name).write_text(_line("a", 50) + "\n" + _line("b", 300) + "\n")
     refused = verify.verify_raw({name: tmp_path / name}, tmp_path, release=False).refused
     assert refused[name].endswith("line 2: 300 numbers, expected 50")
+
+
+def test_process_sh_repeats_the_notes(toy_data, tmp_path):
+    data = tmp_path / "data"
+    shutil.copytree(toy_data, data)
+    verdict = verify.verify_raw({n: data / n for n in CP_FILES}, data, release=False)
+    verify.remember(data, verdict, {n: data / n for n in CP_FILES})
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run(["bash", str(root / "tools" / "process.sh"), "--data", str(data)], capture_output=True,
+                          text=True, timeout=120, env={**os.environ, "PYTHON": sys.executable})
+    assert done.returncode == 0, done.stderr
+    assert [line for line in done.stdout.splitlines() if line.startswith("note")] == [
+        f"note (data check): {n}" for n in verdict.notes]

@@ -552,6 +552,8 @@ def remember(data_dir: Path, verdict: Verdict, files: dict[str, Path]) -> None:
                 path = files.get(name, data_dir / name)
                 if path.is_file():
                     digests[name] = _file_entry(path, cache)
+            if not digests:
+                continue  # about no file that exists: nothing could tell when it stops applying
             entry: dict[str, Any] = {"note": note, "files": digests}
             if note in verdict.waits_for:
                 entry["pending"] = {"waits_for": list(verdict.waits_for[note]), "release": verdict.release}
