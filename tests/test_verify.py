@@ -361,3 +361,13 @@ def test_process_sh_repeats_the_notes(toy_data, tmp_path):
     assert done.returncode == 0, done.stderr
     assert [line for line in done.stdout.splitlines() if line.startswith("note")] == [
         f"note (data check): {n}" for n in verdict.notes]
+
+
+def test_a_repeated_question_id_or_a_missing_candidate_is_refused(toy, tmp_path):
+    v2 = place(toy, tmp_path / "v2", [V2_QUESTIONS["test2015"]])
+    edit(v2[V2_QUESTIONS["test2015"]], lambda e: e.append(dict(e[0])))
+    qid = entries(read(v2[V2_QUESTIONS["test2015"]]))[0]["question_id"]
+    gone = {GLOVE: tmp_path / "nowhere.txt"}
+    refused = verify.verify_raw({**v2, **gone}, tmp_path / "empty", release=False).refused
+    assert refused == {V2_QUESTIONS["test2015"]: f"{v2[V2_QUESTIONS['test2015']]}: question_id {qid} occurs 2 times",
+                       GLOVE: f"{tmp_path / 'nowhere.txt'}: not found (or not a file)"}

@@ -85,6 +85,8 @@ def _first(ids: Iterable[int]) -> str:
 
 def html_problem(path: Path, json_expected: bool) -> str | None:
     """'an HTML page ...' when the file starts like one (an error page saved under the file's name)."""
+    if not path.is_file():
+        return f"{path}: not found (or not a file)"
     with open(path, "rb") as f:
         head = f.read(SNIFF_BYTES).lstrip(b"\xef\xbb\xbf \t\r\n").lower()
     if head.startswith((b"<!doctype html", b"<html", b"<?xml", b"<head", b"<body")) or (
@@ -122,9 +124,7 @@ class _Inputs:
             self.verdict.checked.add(name)
             path = self.path(name)
             try:
-                if path is None:
-                    raise VQAError(f"{self.data_dir / name}: not found")
-                problem = html_problem(path, json_expected=True)
+                problem = html_problem(path or self.data_dir / name, json_expected=True)
                 if problem:
                     raise VQAError(problem)
                 if name in CP_ANNOTATIONS.values() or name in V2_ANNOTATIONS.values():
