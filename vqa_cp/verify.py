@@ -83,8 +83,9 @@ def _first(ids: Iterable[int]) -> str:
     return ", ".join(map(str, ids[:FIRST_IDS])) + (" ..." if len(ids) > FIRST_IDS else "")
 
 
-def html_problem(path: Path, json_expected: bool) -> str | None:
-    """'an HTML page ...' when the file starts like one (an error page saved under the file's name)."""
+def sniff_problem(path: Path, json_expected: bool) -> str | None:
+    """Why the file cannot be what its name says before parsing it: missing, or an HTML page (an error page
+    saved under the file's name); None otherwise."""
     if not path.is_file():
         return f"{path}: not found (or not a file)"
     with open(path, "rb") as f:
@@ -124,7 +125,7 @@ class _Inputs:
             self.verdict.checked.add(name)
             path = self.path(name)
             try:
-                problem = html_problem(path or self.data_dir / name, json_expected=True)
+                problem = sniff_problem(path or self.data_dir / name, json_expected=True)
                 if problem:
                     raise VQAError(problem)
                 if name in CP_ANNOTATIONS.values() or name in V2_ANNOTATIONS.values():
@@ -438,7 +439,7 @@ def _glove_block(buf: np.ndarray, width: int) -> tuple[int, tuple[int, str] | No
 def glove_lines(path: Path, width: int) -> int:
     """Number of lines of a GloVe text file, each checked to be a word and `width` numbers (VQAError naming
     the line otherwise). Reads numpy blocks of whole lines: about the speed of reading the file."""
-    problem = html_problem(path, json_expected=False)
+    problem = sniff_problem(path, json_expected=False)
     if problem:
         raise VQAError(problem)
     lines, carry = 0, b""
