@@ -178,6 +178,7 @@ def fetch_once(url: str, part: Path, data_dir: Path, settings: Settings) -> None
             print(f"resuming {part.name.removesuffix('.part')} at {have} bytes")
         _set_read_timeout(response, settings.stall_seconds)
         try:
+            part.parent.mkdir(parents=True, exist_ok=True)
             out = open(part, "ab" if have else "wb")  # noqa: SIM115 (closed below, errors named)
         except OSError as exc:
             raise LocalWriteFailed(f"cannot write {part}: {local_cause(exc, part, data_dir)}") from None
