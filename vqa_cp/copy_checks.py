@@ -97,16 +97,30 @@ def zip_problem(path: Path) -> str | None:
     """A zip that opens and whose members all pass their CRC; the reason names the member when one fails."""
     try:
         with zipfile.ZipFile(path) as zf:
-            for info in zf.infolist():
-                try:
-                    with zf.open(info) as member:
-                        while member.read(BLOCK):
-                            pass
-                except (zipfile.BadZipFile, EOFError, OSError, ValueError) as exc:
-                    return f"corrupt zip: member {info.filename}: {exc}"
+            infos = zf.infolist()
+            with tqdm(total=sum(i.file_size for i in infos), unit="B", unit_scale=True, unit_divisor=1024,
+                      desc=f"testing {path.name}", disable=None, leave=False) as bar:
+                for info in infos:
+                    try:
+                        with zf.open(info) as member:
+                            while block := member.read(BLOCK):
+                                bar.update(len(block))
+                    except (zipfile.BadZipFile, EOFError, OSError, ValueError) as exc:
+                        return f"corrupt zip: member {info.filename}: {exc}"
     except zipfile.BadZipFile as exc:
         return f"corrupt zip: {exc} (truncated, or not a zip)"
     return None
+
+
+def extract_zip(path: Path, dest: Path) -> None:
+    """Extract every member into `dest` (zipfile's own path sanitising), with a progress bar."""
+    with zipfile.ZipFile(path) as zf:
+        infos = zf.infolist()
+        with tqdm(total=sum(i.file_size for i in infos), unit="B", unit_scale=True, unit_divisor=1024,
+                  desc=f"unzipping {path.name}", disable=None, leave=False) as bar:
+            for info in infos:
+                zf.extract(info, dest)
+                bar.update(info.file_size)
 
 
 # --- digests ----------------------------------------------------------------------------------------
@@ -124,9 +138,12 @@ class DigestMemory:
                 self.entries = {k: v for k, v in loaded.items() if isinstance(v, dict)}
 
     def digests(self, path: Path) -> dict[str, str]:
+        """The file's digests, read once and remembered (a cache: a folder we cannot write in only costs a re-read)."""
         key = stat_key(path)
         if key not in self.entries:
             self.entries[key] = compute_digests(path)
+            with contextlib.suppress(OSError):
+                write_json(self.data_dir / DIGESTS, self.entries)
         return self.entries[key]
 
     def remember(self, path: Path, digests: dict[str, str]) -> None:

@@ -11,14 +11,13 @@ from __future__ import annotations
 import os
 import shutil
 import sys
-import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from vqa_cp import copy_checks as checks
-from vqa_cp.errors import VQAError, run_cli
+from vqa_cp.errors import VQAError, describe_os_error, run_cli
 from vqa_cp.sources import Item, Manifest, add_user_sources, load_manifest
 from vqa_cp.transfer import LocalWriteFailed, Settings, SourceFailed, fetch
 
@@ -271,8 +270,7 @@ def stage_zip(item: Item, zip_path: Path, ctx: Context, tested: bool = False) ->
     tmp = ctx.data / f".unzip-{item.name}"
     shutil.rmtree(tmp, ignore_errors=True)
     print(f"unzipping {zip_path} into {ctx.data / item.into if item.into != '.' else ctx.data}")
-    with zipfile.ZipFile(zip_path) as zf:
-        zf.extractall(tmp)
+    checks.extract_zip(zip_path, tmp)
     rels = {o: os.path.relpath(o, item.into) for o in item.output_paths}
     missing = [rel for rel in rels.values() if not (tmp / rel).is_file()]
     if missing:
@@ -519,6 +517,9 @@ def run(argv: list[str], env: Mapping[str, str]) -> int:
         return download_all(items, ctx, opts.min_free_gb)
     except LocalProblem as exc:
         error(str(exc))
+        return 1
+    except OSError as exc:  # a local file-system fault while placing files: one line, as any local problem
+        error(describe_os_error(exc))
         return 1
 
 

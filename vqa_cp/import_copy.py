@@ -132,8 +132,38 @@ def extract_wanted(archive: Path, tmp: Path, names: Names) -> str | None:
         return f"{archive}: cannot be read to the end at member {member} ({exc}; truncated?): nothing imported from it"
 
 
-def is_archive(path: Path) -> bool:
-    return zipfile.is_zipfile(path) or tarfile.is_tarfile(path)
+ZIP_MAGIC = b"PK\x03\x04"
+LOCAL_HEADER = 30
+
+
+def truncated_zip_member(path: Path) -> str:
+    """The member a zip without its central directory (cut short) ends in, from the local headers."""
+    size = path.stat().st_size
+    name, offset = "(the first)", 0
+    with open(path, "rb") as f:
+        while offset + LOCAL_HEADER <= size:
+            f.seek(offset)
+            header = f.read(LOCAL_HEADER)
+            if header[:4] != ZIP_MAGIC:
+                break
+            flags = int.from_bytes(header[6:8], "little")
+            packed = int.from_bytes(header[18:22], "little")
+            name_len, extra_len = int.from_bytes(header[26:28], "little"), int.from_bytes(header[28:30], "little")
+            name = f.read(name_len).decode("utf-8", "replace")
+            if flags & 0x08:  # sizes follow the data: no way to skip it
+                break
+            offset += LOCAL_HEADER + name_len + extra_len + packed
+    return name
+
+
+def archive_kind(path: Path) -> str | None:
+    """"zip", "tar", "cut zip" (a zip's first bytes without its central directory) or None."""
+    if zipfile.is_zipfile(path):
+        return "zip"
+    if tarfile.is_tarfile(path):
+        return "tar"
+    with open(path, "rb") as f:
+        return "cut zip" if f.read(4) == ZIP_MAGIC else None
 
 
 def scan(source: Path, plan: Plan, names: Names, data: Path, index: int) -> None:
@@ -145,7 +175,11 @@ def scan(source: Path, plan: Plan, names: Names, data: Path, index: int) -> None
         plan.failed += 1
     elif source.name in names.raw or source.name in names.units:
         _add(plan, names, Found(str(source), source, ours=False))
-    elif is_archive(source):
+    elif archive_kind(source) == "cut zip":
+        error(f"{source}: a zip cut short (no central directory) in member {truncated_zip_member(source)}: "
+              "nothing imported from it")
+        plan.failed += 1
+    elif archive_kind(source):
         tmp = data / f".import-{index}"
         shutil.rmtree(tmp, ignore_errors=True)
         problem = extract_wanted(source, tmp, names)
@@ -212,6 +246,8 @@ def import_unit(item: Item, found: Found, ctx: Context, report: Report) -> None:
         return
     staged, problem = stage_zip(item, found.path, ctx)
     if staged is None:
+        if archive_kind(found.path) == "cut zip":
+            problem = f"a zip cut short (no central directory) in member {truncated_zip_member(found.path)}"
         report.refused.append(f"{item.name} from {found.where}: {problem}")
         return
     install_zip(item, staged, ctx)
