@@ -543,3 +543,18 @@ def test_full_disk_is_named_and_not_retried(server: Server, tmp_path: Path) -> N
         "problem, not the server's: not retried)"
     )
     assert len(server.gets(f"/vqacp/{name}")) == 1
+
+
+def test_complete_or_oversized_part_needs_no_second_attempt(server: Server, tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    done, longer = VQACP_FILES[0], VQACP_FILES[1]
+    expected = expected_layout()
+    (data / f"{done}.part").write_bytes(expected[done])  # the server answers 416: nothing left to send
+    (data / f"{longer}.part").write_bytes(expected[longer] + b"junk")  # 416 naming a smaller size: start again
+    proc = run(server, data, "--only", "vqacp", "--min-free-gb", "0", VQA_CP_RETRIES="0")
+    assert proc.returncode == 0, proc.stderr
+    assert [r.range for r in server.gets(f"/vqacp/{done}")] == [f"bytes={len(expected[done])}-"]
+    assert [r.range for r in server.gets(f"/vqacp/{longer}")] == [f"bytes={len(expected[longer]) + 4}-", None]
+    assert (data / done).read_bytes() == expected[done] and (data / longer).read_bytes() == expected[longer]
+    assert f"note: {data}/{longer}.part was larger than the server's file; starting it again" in proc.stderr

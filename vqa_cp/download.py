@@ -380,7 +380,8 @@ def accept_download(item: Item, part: Path, ctx: Context) -> tuple[str | None, P
     if problem is None and item.check != "zip":
         problem = checks.file_problem(item, part)
     if problem is None and item.extract == "zip":
-        return (*stage_zip(item, part, ctx)[::-1], digests)
+        staged, problem = stage_zip(item, part, ctx)
+        return problem, staged, digests
     if problem is None and any(o.path == item.path and o.check == "raw" for o in item.outputs):
         refused, verdict = check_outputs({item.path: part}, ctx)
         problem = refused.get(item.path)

@@ -170,7 +170,8 @@ def fetch_once(url: str, part: Path, data_dir: Path, settings: Settings) -> None
             if match and int(match.group(1)) == have:
                 return
             part.unlink()
-            raise SourceFailed(f"{part} was larger than the server's file; starting it again")
+            print(f"note: {part} was larger than the server's file; starting it again", file=sys.stderr)
+            return fetch_once(url, part, data_dir, settings)  # no part now: no range, no 416
         total, resumed = _total_size(response, have)
         if have and not resumed:
             have = 0  # the server sent the whole file
