@@ -258,3 +258,35 @@ def test_detector_folder_and_images_zip(tmp_path: Path, stand_ins: list, capsys:
     assert (data / "images" / "val2014.zip").is_file() and not (data / "images" / "train2014.zip").exists()
     assert "7 bytes, not the release's 262,398,754 (kept: a copy may be a subset)" in err
     assert "still missing: images/train2014.zip" in out
+
+
+def test_copy_where_a_hard_link_is_refused(tmp_path: Path, stand_ins: list, monkeypatch: pytest.MonkeyPatch,
+                                           capsys: pytest.CaptureFixture[str]) -> None:
+    copy = write_folder(tmp_path / "copy", {"vqacp_v2_train_questions.json": CP["vqacp_v2_train_questions.json"]})
+
+    def no_link(src: object, dst: object) -> None:
+        raise OSError(18, "Invalid cross-device link")
+
+    monkeypatch.setattr(os, "link", no_link)
+    data = tmp_path / "data"
+    assert run(data, "--from", str(copy)) == 0
+    placed, source = data / "vqacp_v2_train_questions.json", copy / "vqacp_v2_train_questions.json"
+    assert placed.read_bytes() == source.read_bytes() and placed.stat().st_ino != source.stat().st_ino
+    assert not list(data.glob(".*"))
+
+
+def test_zip_member_failing_its_crc_is_named(tmp_path: Path, stand_ins: list,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    body = CP["vqacp_v2_test_questions.json"] * 50
+    members = {"a/vqacp_v2_train_questions.json": CP["vqacp_v2_train_questions.json"],
+               "b/vqacp_v2_test_questions.json": body}
+    archive = make_archive(tmp_path / "copy.zip", members)
+    raw = bytearray(archive.read_bytes())
+    start = raw.index(b"b/vqacp_v2_test_questions.json") + 40  # inside the second member's compressed data
+    raw[start] ^= 0xFF
+    archive.write_bytes(bytes(raw))
+    data = tmp_path / "data"
+    assert run(data, "--from", str(archive)) == 1
+    (line,) = [e for e in capsys.readouterr().err.splitlines() if e.startswith("error:")]
+    assert line.startswith(f"error: {archive}: cannot be read to the end at member b/vqacp_v2_test_questions.json")
+    assert not data.exists() or not any(data.iterdir())

@@ -12,6 +12,7 @@ import contextlib
 import hashlib
 import json
 import zipfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -105,7 +106,7 @@ def zip_problem(path: Path) -> str | None:
                         with zf.open(info) as member:
                             while block := member.read(BLOCK):
                                 bar.update(len(block))
-                    except (zipfile.BadZipFile, EOFError, OSError, ValueError) as exc:
+                    except (zipfile.BadZipFile, EOFError, OSError, ValueError, zlib.error) as exc:
                         return f"corrupt zip: member {info.filename}: {exc}"
     except zipfile.BadZipFile as exc:
         return f"corrupt zip: {exc} (truncated, or not a zip)"

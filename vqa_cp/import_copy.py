@@ -14,6 +14,7 @@ import os
 import shutil
 import tarfile
 import zipfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
@@ -103,10 +104,27 @@ def _safe_member_path(tmp: Path, name: str) -> Path:
     return tmp.joinpath(*parts)
 
 
+class _WriteFailed(Exception):
+    """Writing an extracted member failed: a local problem, not the archive's."""
+
+    def __init__(self, error: OSError, dest: Path) -> None:
+        super().__init__(str(error))
+        self.error = OSError(error.errno, error.strerror, str(dest)) if error.filename is None else error
+
+
 def _copy_member(read, dest: Path) -> None:
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    with read() as src, open(dest, "wb") as out:
-        shutil.copyfileobj(src, out, BLOCK)
+    """Copy one member to `dest`; read errors are the archive's, write errors raise _WriteFailed."""
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        out = open(dest, "wb")  # noqa: SIM115 (closed below)
+    except OSError as exc:
+        raise _WriteFailed(exc, dest) from None
+    with read() as src, out:
+        while block := src.read(BLOCK):
+            try:
+                out.write(block)
+            except OSError as exc:
+                raise _WriteFailed(exc, dest) from None
 
 
 def extract_wanted(archive: Path, tmp: Path, names: Names) -> str | None:
@@ -126,9 +144,9 @@ def extract_wanted(archive: Path, tmp: Path, names: Names) -> str | None:
                 if info.isfile() and names.wanted(member):
                     _copy_member(lambda i=info: tf.extractfile(i), _safe_member_path(tmp, member))
             return None
-    except (zipfile.BadZipFile, tarfile.TarError, EOFError, OSError, ValueError, zipfile.LargeZipFile) as exc:
-        if isinstance(exc, OSError) and exc.filename is not None and str(tmp) in str(exc.filename):
-            raise
+    except _WriteFailed as failed:
+        raise failed.error from None
+    except (zipfile.BadZipFile, tarfile.TarError, EOFError, OSError, ValueError, zlib.error) as exc:
         return f"{archive}: cannot be read to the end at member {member} ({exc}; truncated?): nothing imported from it"
 
 
