@@ -113,6 +113,16 @@ def zip_problem(path: Path) -> str | None:
     return None
 
 
+def copy_with_progress(src: Path, dest: Path) -> None:
+    """Copy a file's bytes (a progress bar for big ones); permissions are dest's own."""
+    with open(src, "rb") as f, open(dest, "wb") as out, tqdm(
+            total=src.stat().st_size, unit="B", unit_scale=True, unit_divisor=1024, desc=f"copying {src.name}",
+            disable=None, leave=False) as bar:
+        while block := f.read(BLOCK):
+            out.write(block)
+            bar.update(len(block))
+
+
 def extract_zip(path: Path, dest: Path) -> None:
     """Extract every member into `dest` (zipfile's own path sanitising), with a progress bar."""
     with zipfile.ZipFile(path) as zf:

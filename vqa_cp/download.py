@@ -253,8 +253,8 @@ def place(src: Path, dest: Path, keep_source: bool) -> None:
     tmp.unlink(missing_ok=True)
     try:
         os.link(src, tmp)
-    except OSError:
-        shutil.copyfile(src, tmp)
+    except OSError:  # another file system, or links not allowed: a copy
+        checks.copy_with_progress(src, tmp)
     try:
         os.replace(tmp, dest)
     finally:
