@@ -305,7 +305,7 @@ def resized_size(height: int, width: int, shorter: int, longest: int) -> tuple[i
 def preprocess(image: np.ndarray, mean: Tensor, std: Tensor, size: tuple[int, int], device: torch.device) -> Tensor:
     """RGB uint8 H x W x 3 -> BGR float [3, h, w]: (pixel - mean) / std, then bilinear (half-pixel centres, no
     antialiasing: OpenCV's INTER_LINEAR, torch's align_corners=False) to `size`."""
-    x = torch.from_numpy(np.ascontiguousarray(image)).to(device).flip(-1).permute(2, 0, 1).float()
+    x = torch.from_numpy(np.ascontiguousarray(image)).to(device).flip(-1).permute(2, 0, 1).float().contiguous()
     x = (x - mean[:, None, None]) / std[:, None, None]
     if tuple(x.shape[1:]) == size:
         return x
