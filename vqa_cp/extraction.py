@@ -41,6 +41,7 @@ NUM_BOXES = 36
 CAFFE_NMS = 0.3  # bottom-up-attention's cfg.TEST.NMS, the per-class NMS of generate_tsv.py (not in config.yaml)
 SELECTIONS = ("caffe", "lxmert")
 AMP_MODES = (None, "bf16")
+LEGACY_NAMES = {"gamma": "weight", "beta": "bias"}  # norm parameters in old pickles, renamed as the demo does
 
 
 class TooFewBoxes(VQAError):
@@ -172,8 +173,8 @@ def read_weights(path: Path) -> dict[str, Tensor]:
         data = _read_pickle(path)
     weights = {}
     for key, value in data.items():
-        head, _, leaf = str(key).rpartition(".")
-        name = f"{head}.{ {'gamma': 'weight', 'beta': 'bias'}.get(leaf, leaf) }".lstrip(".") if head else leaf
+        head, dot, leaf = str(key).rpartition(".")
+        name = head + dot + LEGACY_NAMES.get(leaf, leaf)
         if isinstance(value, np.ndarray):
             if value.dtype.kind not in "fiu":
                 raise VQAError(f"{path}: {key} is an array of {value.dtype}, not numbers")
@@ -418,7 +419,7 @@ class BottomUpDetector:
                  parts: list[tuple[Tensor, ...]], select: str) -> list[dict]:
         """One dict per image: boxes float32 [N, 4] (x1, y1, x2, y2, original pixels), features float32 [N, D],
         objects_id int64, objects_conf float32, attrs_id int64, attrs_conf float32 [N], image_h, image_w."""
-        results, short = [], []
+        results, short, indices = [], [], []
         for index, (image, props, hw) in enumerate(zip(images, proposals, hws)):
             pooled, logits, deltas, attr_logits = (part[index] for part in parts)
             height, width = image.shape[:2]
@@ -433,6 +434,7 @@ class BottomUpDetector:
                                         self.nms_thresholds, self.num_boxes)
             if picked is None:
                 short.append(f"image {index} ({height} x {width}): {len(props)} proposals")
+                indices.append(index)
                 continue
             keep, boxes, objects_id, objects_conf, attrs_id, attrs_conf = picked
             results.append({
@@ -441,7 +443,6 @@ class BottomUpDetector:
                 "attrs_id": attrs_id.long().cpu().numpy(), "attrs_conf": attrs_conf.float().cpu().numpy(),
                 "image_h": int(height), "image_w": int(width)})
         if short:
-            indices = [int(s.split()[1]) for s in short]
             raise TooFewBoxes(f"fewer than {self.num_boxes} boxes survive ({select} selection; not padded): "
                               + "; ".join(short), indices)
         return results
