@@ -379,6 +379,33 @@ def test_caffe_boxes_are_the_proposals_in_original_pixels(detector):
 
 
 def test_bad_images_are_one_line(detector):
-    gray = np.zeros((20, 30), np.uint8)
-    assert "image 1: not a uint8 H x W x 3 RGB array" in one_line_error(
-        lambda: detector.extract([images()[2], gray]))
+    for bad in (np.zeros((20, 30), np.uint8), np.zeros((20, 30, 4), np.uint8), np.zeros((0, 30, 3), np.uint8),
+                np.zeros((20, 30, 3), np.float32)):
+        assert "image 1: not a uint8 H x W x 3 RGB array" in one_line_error(
+            lambda: detector.extract([images()[2], bad]))  # noqa: B023
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("amp", [None, "bf16"])
+def test_extract_on_cuda(small_folder, detector, amp):
+    """On a GPU: deterministic, batched = one at a time, and (TF32 off, float32) the CPU's boxes."""
+    gpu = BottomUpDetector.from_pretrained(small_folder, device="cuda")
+    pictures = images()
+    tf32 = torch.backends.cudnn.allow_tf32
+    torch.backends.cudnn.allow_tf32 = amp is not None
+    try:
+        batched = gpu.extract(pictures, amp=amp)
+        again = gpu.extract(pictures, amp=amp)
+        single = [gpu.extract([p], amp=amp)[0] for p in pictures]
+    finally:
+        torch.backends.cudnn.allow_tf32 = tf32
+    cpu = detector.extract(pictures)
+    for image, a, b, c, d in zip(pictures, batched, again, single, cpu):
+        check_result(a, image)
+        assert all(np.array_equal(a[k], b[k]) for k in a)
+        assert np.array_equal(a["boxes"], c["boxes"])
+        assert np.allclose(a["features"], c["features"], rtol=1e-3, atol=1e-3 * np.abs(c["features"]).max())
+        if amp is None:
+            same = {tuple(x) for x in np.round(a["boxes"], 2).tolist()} & {
+                tuple(x) for x in np.round(d["boxes"], 2).tolist()}
+            assert len(same) >= 30  # near-ties between CPU and GPU rounding may swap a few

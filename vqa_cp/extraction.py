@@ -385,7 +385,8 @@ class BottomUpDetector:
         if amp not in AMP_MODES:
             raise ValueError(f"amp {amp!r} is not one of {AMP_MODES}")
         for index, image in enumerate(images):
-            if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+            if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.ndim != 3 or (
+                    image.shape[2] != 3 or min(image.shape[:2]) == 0):
                 raise VQAError(f"image {index}: not a uint8 H x W x 3 RGB array ({getattr(image, 'shape', None)})")
         if not images:
             return []
