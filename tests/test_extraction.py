@@ -141,6 +141,14 @@ def test_config_keys_ignore_case_and_bad_values_are_one_line(small_folder, tmp_p
     folder = tmp_path / "lower"
     folder.mkdir()
     (folder / CONFIG_NAME).write_text(yaml.safe_dump(lower(tree)))
+    text = (folder / CONFIG_NAME).read_text()
+    # the demo reads config.yaml with yaml's full loader: a tuple tag (as yaml.dump writes tuples) must load
+    (folder / CONFIG_NAME).write_text(text.replace("nms_thresh: 0.7", "nms_thresh: 0.7\n  xx: !!python/tuple [1, 2]"))
+    cfg = read_config(folder)
+    assert cfg.get("RPN", "XX") == [1, 2]
+    (folder / CONFIG_NAME).write_text(text + "\nevil: !!python/object/apply:os.system ['true']\n")
+    assert "not valid YAML" in one_line_error(lambda: read_config(folder))
+    (folder / CONFIG_NAME).write_text(text)
     cfg = read_config(folder)
     with torch.device("meta"):
         model = FasterRCNN(cfg)

@@ -24,7 +24,7 @@ STAGE_BLOCKS = {50: (3, 4, 6, 3), 101: (3, 4, 23, 3), 152: (3, 8, 36, 3)}
 FROZEN_NORMS = ("BN", "FROZENBN")
 POOLER_TYPES = ("ROIPOOL",)  # the Caffe model's ROIPooling; the port's demo pools with RoIPool whatever the key says
 SCALE_CLAMP = math.log(1000.0 / 16)  # detectron2's limit on dw, dh before exp()
-GATHER_BYTES = 1 << 28  # RoI pooling gathers at most this many bytes at a time
+GATHER_BYTES = 1 << 29  # RoI pooling gathers at most this many bytes at a time
 
 
 # ----------------------------------------------------------------------------------------------------- config

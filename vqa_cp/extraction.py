@@ -99,6 +99,13 @@ def _override(tree: dict[str, Any], name: str, value: Any) -> None:
         tree[upper] = value
 
 
+class _ConfigLoader(yaml.SafeLoader):
+    """Safe YAML plus `!!python/tuple` (yaml.dump of a config holding tuples writes it), read as a list."""
+
+
+_ConfigLoader.add_constructor("tag:yaml.org,2002:python/tuple", lambda loader, node: loader.construct_sequence(node))
+
+
 def read_config(folder: Path) -> DetectorConfig:
     path = folder / CONFIG_NAME
     try:
@@ -106,7 +113,7 @@ def read_config(folder: Path) -> DetectorConfig:
     except FileNotFoundError:
         raise VQAError(f"{path}: not found (the detector folder needs {CONFIG_NAME} and {WEIGHTS_NAME})") from None
     try:
-        tree = yaml.safe_load(text)
+        tree = yaml.load(text, Loader=_ConfigLoader)  # safe: SafeLoader plus tuples
     except yaml.YAMLError as exc:
         raise VQAError(f"{path}: not valid YAML ({' '.join(str(exc).split())})") from None
     return DetectorConfig.from_tree(tree, path)
