@@ -33,19 +33,16 @@ def stages(det: BottomUpDetector, images: list[np.ndarray], select: str, amp: st
     autocast = torch.autocast(det.device.type, dtype=torch.bfloat16, enabled=amp == "bf16")
     with torch.inference_mode(), autocast:
         start = time.perf_counter()
-        features, sizes, proposals, hws = det._propose(images)
+        maps, proposals, hws = det._propose(images)
         sync(det.device)
         times["backbone+rpn"] = time.perf_counter() - start
         start = time.perf_counter()
-        rois = torch.cat([torch.cat((torch.full((len(p), 1), i, device=det.device), p), dim=1)
-                          for i, p in enumerate(proposals)])
-        outputs = det.model.roi_heads(features, sizes, rois)
+        heads = [det._heads(m, p) for m, p in zip(maps, proposals)]
         sync(det.device)
         times["roi_heads"] = time.perf_counter() - start
     start = time.perf_counter()
     with torch.inference_mode():
-        parts = [t.float().split([len(p) for p in proposals]) for t in outputs]
-        det._results(images, proposals, hws, parts, select)
+        det._results(images, proposals, hws, heads, select)
     sync(det.device)
     times["selection"] = time.perf_counter() - start
     return times

@@ -344,11 +344,9 @@ def test_extract_batched_equals_one_at_a_time_and_is_deterministic(detector, sel
         check_result(a, image)
         for key in a:
             assert np.array_equal(a[key], b[key]), key  # deterministic
-        # backbone and RPN run per image, RoI pooling is an exact max: only res5 sees another RoI count, so
-        # features may differ by float32 rounding of a different conv schedule (~1e-6 relative); boxes exactly
-        for key in ("boxes", "objects_id", "attrs_id", "image_h", "image_w"):
+        # every image's network work is its own batch and RoI pooling never reads another image: bit-identical
+        for key in a:
             assert np.array_equal(a[key], c[key]), key
-        assert np.allclose(a["features"], c["features"], rtol=1e-5, atol=1e-5 * np.abs(c["features"]).max())
     if select == "caffe":  # the Caffe selection orders boxes by max_conf, which is at least the object score
         assert (batched[0]["objects_conf"] <= 1).all()
 
@@ -387,7 +385,7 @@ def test_published_config_is_what_the_issue_states():
 def test_caffe_boxes_are_the_proposals_in_original_pixels(detector):
     picture = images()[1]  # 210 x 120, resized to 160 x 91
     with torch.inference_mode():
-        _, _, proposals, hws = detector._propose([picture])
+        _, proposals, hws = detector._propose([picture])
     (new_h, new_w), = hws
     scale = torch.tensor([120 / new_w, 210 / new_h, 120 / new_w, 210 / new_h])
     candidates = {tuple(np.round(b, 3)) for b in (proposals[0] * scale).numpy().tolist()}
@@ -420,8 +418,7 @@ def test_extract_on_cuda(small_folder, detector, amp):
     for image, a, b, c, d in zip(pictures, batched, again, single, cpu):
         check_result(a, image)
         assert all(np.array_equal(a[k], b[k]) for k in a)
-        assert np.array_equal(a["boxes"], c["boxes"])
-        assert np.allclose(a["features"], c["features"], rtol=1e-3, atol=1e-3 * np.abs(c["features"]).max())
+        assert all(np.array_equal(a[k], c[k]) for k in a)
         if amp is None:
             same = {tuple(x) for x in np.round(a["boxes"], 2).tolist()} & {
                 tuple(x) for x in np.round(d["boxes"], 2).tolist()}
@@ -443,7 +440,7 @@ def test_box_decoding_and_anchor_grid_by_hand():
 def test_rpn_proposals(detector):
     picture = images()[0]
     with torch.inference_mode():
-        _, _, proposals, hws = detector._propose([picture])
+        _, proposals, hws = detector._propose([picture])
     boxes, (h, w) = proposals[0], hws[0]
     assert len(boxes) == 40 and (boxes[:, 0] >= 0).all() and (boxes[:, 2] <= w).all() and (boxes[:, 3] <= h).all()
     assert ((boxes[:, 2:] - boxes[:, :2]) > 16).all()  # PROPOSAL_GENERATOR.MIN_SIZE

@@ -354,6 +354,11 @@ def _select_lxmert(proposals: Tensor, probs: Tensor, deltas: Tensor, attr_logits
 
 
 # -------------------------------------------------------------------------------------------------- detector
+def _rois(index: int, boxes: Tensor) -> Tensor:
+    """RoIs [K, 5] (image index, x1, y1, x2, y2) of image `index`."""
+    return torch.cat((torch.full((len(boxes), 1), index, device=boxes.device, dtype=boxes.dtype), boxes), dim=1)
+
+
 class BottomUpDetector:
     """The hub port of the bottom-up attention detector: `extract` gives `num_boxes` boxes per image."""
 
@@ -383,9 +388,11 @@ class BottomUpDetector:
     def extract(self, images: list[np.ndarray], select: str = "caffe", amp: str | None = None) -> list[dict]:
         """Boxes and features of each image (uint8 H x W x 3 RGB, any sizes); see `_results` for the keys.
 
-        The backbone and RPN run per image (batching cannot change them), the RoI heads on all images' proposals
-        together. `amp="bf16"` runs the network under bfloat16 autocast (selection in float32). An image with
-        fewer than `num_boxes` candidates raises TooFewBoxes naming every such image (nothing is padded).
+        Each image's network work is its own batch: the backbone and RPN on the image, the RoI heads on its <= 300
+        RoIs (a 58,800-row product at 14 x 14: large enough to fill a GPU), so results are bit-identical whatever
+        images share a call (a resumed run equals an uninterrupted one). `amp="bf16"` runs the network under
+        bfloat16 autocast (selection in float32). An image with fewer than `num_boxes` candidates raises
+        TooFewBoxes naming every such image (nothing is padded).
         """
         if select not in SELECTIONS:
             raise ValueError(f"select {select!r} is not one of {SELECTIONS}")
@@ -400,28 +407,26 @@ class BottomUpDetector:
         autocast = (torch.autocast(self.device.type, dtype=torch.bfloat16) if amp == "bf16"
                     else contextlib.nullcontext())
         with autocast:
-            features, sizes, proposals, hws = self._propose(images)
-            rois = torch.cat([torch.cat((torch.full((len(p), 1), i, device=self.device, dtype=p.dtype), p), dim=1)
-                              for i, p in enumerate(proposals)])
-            pooled, logits, deltas, attr_logits = self.model.roi_heads(features, sizes, rois)
-        counts = [len(p) for p in proposals]
-        parts = [t.float().split(counts) for t in (pooled, logits, deltas, attr_logits)]
-        return self._results(images, proposals, hws, parts, select)
+            maps, proposals, hws = self._propose(images)
+            heads = [self._heads(m, p) for m, p in zip(maps, proposals)]
+        return self._results(images, proposals, hws, heads, select)
 
-    def _propose(self, images: list[np.ndarray]) -> tuple[Tensor, Tensor, list[Tensor], list[tuple[int, int]]]:
-        """Per image: preprocess, backbone, RPN. -> res4 maps padded to one size, their own sizes, proposals."""
+    def _propose(self, images: list[np.ndarray]) -> tuple[list[Tensor], list[Tensor], list[tuple[int, int]]]:
+        """Per image: preprocess, backbone, RPN. -> res4 maps [1, C, h, w], proposals [K, 4], resized sizes."""
         maps, proposals, hws = [], [], []
         for image in images:
             hw = resized_size(image.shape[0], image.shape[1], self.shorter, self.longest)
             x = preprocess(image, self.mean, self.std, hw, self.device)
             feature = self.model.backbone(x[None])
             proposals.append(self.model.proposal_generator(feature, *hw))
-            maps.append(feature[0])
+            maps.append(feature)
             hws.append(hw)
-        sizes = torch.tensor([m.shape[1:] for m in maps], device=self.device)
-        height, width = (int(v) for v in sizes.max(dim=0).values)
-        padded = torch.stack([F.pad(m, (0, width - m.shape[2], 0, height - m.shape[1])) for m in maps])
-        return padded, sizes, proposals, hws
+        return maps, proposals, hws
+
+    def _heads(self, feature: Tensor, boxes: Tensor) -> tuple[Tensor, ...]:
+        """RoI heads of one image: pooled features, class logits, box deltas, attribute logits (float32)."""
+        size = torch.tensor([feature.shape[2:]], device=self.device)
+        return tuple(t.float() for t in self.model.roi_heads(feature, size, _rois(0, boxes)))
 
     def _results(self, images: list[np.ndarray], proposals: list[Tensor], hws: list[tuple[int, int]],
                  parts: list[tuple[Tensor, ...]], select: str) -> list[dict]:
@@ -429,7 +434,7 @@ class BottomUpDetector:
         objects_id int64, objects_conf float32, attrs_id int64, attrs_conf float32 [N], image_h, image_w."""
         results, short, indices = [], [], []
         for index, (image, props, hw) in enumerate(zip(images, proposals, hws)):
-            pooled, logits, deltas, attr_logits = (part[index] for part in parts)
+            pooled, logits, deltas, attr_logits = parts[index]
             height, width = image.shape[:2]
             scale = (torch.tensor([width, height, width, height], device=self.device, dtype=torch.float32),
                      torch.tensor([hw[1], hw[0], hw[1], hw[0]], device=self.device, dtype=torch.float32))
