@@ -17,6 +17,13 @@ from vqa_cp.errors import VQAError
 
 FAKE_BOXES = 4
 FAKE_DIM = 6
+FAKE_MIN_SIDE = 8  # narrower images are refused as the detector refuses one with fewer boxes than asked for
+
+
+class FakeTooFewBoxes(VQAError):
+    def __init__(self, message: str, indices: list[int]):
+        super().__init__(message)
+        self.indices = indices
 
 
 def fake_output(image: np.ndarray, select: str = "caffe") -> dict:
@@ -56,6 +63,9 @@ class FakeDetector:
             with open(self.count_file, "a") as f:
                 f.write(f"{len(images)}\n")
         time.sleep(self.delay * len(images))
+        narrow = [j for j, image in enumerate(images) if image.shape[1] < FAKE_MIN_SIDE]
+        if narrow:
+            raise FakeTooFewBoxes(f"{len(narrow)} images gave fewer than {FAKE_BOXES} boxes", narrow)
         return [fake_output(image, select) for image in images]
 
 

@@ -175,20 +175,23 @@ def test_corrupt_images_are_named_the_run_goes_on_and_ends_in_error(tmp_path, we
     members = {f"train2014/{coco_name(i)}": data for i, data in good.items()}
     members[f"train2014/{coco_name(3)}"] = good[1][: len(good[1]) // 2]  # truncated JPEG
     members[f"train2014/{coco_name(4)}"] = b"<html>not an image</html>"
+    members[f"train2014/{coco_name(6)}"] = jpeg_bytes(random_image(rng, 4, 20))  # the detector refuses it
     zipped = write_zip(tmp_path / "train2014.zip", members)
     data = tmp_path / "data"
     data.mkdir()
     with pytest.raises(VQAError) as error:
-        run(flags([zipped], weights, data, "--block-size", "2", "--tsv"))
+        run(flags([zipped], weights, data, "--block-size", "3", "--tsv"))
     message = str(error.value)
-    assert "\n" not in message and message.startswith("2 images could not be used")
-    assert f"{zipped}:train2014/{coco_name(3)}" in message and f"{zipped}:train2014/{coco_name(4)}" in message
+    assert "\n" not in message and message.startswith("3 images could not be used")
+    for image_id in (3, 4, 6):
+        assert f"{zipped}:train2014/{coco_name(image_id)}" in message
+    assert "fewer than 4 boxes" in message
     processed = data / "processed"
     assert h5_arrays(processed / FEATURES_FILE)["image_id"].tolist() == [1, 2, 5]  # written before the error
     assert features_problem(processed) is None and (processed / imf.TSV_NAME).is_file()
-    assert [f[0] for f in read_record(record_path(processed, "features"))["failed_images"]] == [3, 4]
-    with pytest.raises(VQAError, match="^2 images could not be used"):  # said again by a rerun that skips
-        run(flags([zipped], weights, data, "--block-size", "2", "--tsv"))
+    assert [f[0] for f in read_record(record_path(processed, "features"))["failed_images"]] == [3, 4, 6]
+    with pytest.raises(VQAError, match="^3 images could not be used"):  # said again by a rerun that skips
+        run(flags([zipped], weights, data, "--block-size", "3", "--tsv"))
 
 
 def test_checks_before_work(tmp_path, weights, monkeypatch):

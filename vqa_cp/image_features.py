@@ -448,6 +448,23 @@ def _check_output(out: dict, image: np.ndarray, num_boxes: int, dim: int) -> str
     return None
 
 
+def _detect(detector: Detector, good: list[tuple[int, np.ndarray]], select: str,
+            refuse: Callable[[int, str], None]) -> list[tuple[tuple[int, np.ndarray], dict]]:
+    """detector.extract on a batch. Images the detector refuses with a VQAError carrying `indices` (positions
+    in the batch: e.g. fewer boxes than asked for) are reported through `refuse` and the rest run again."""
+    try:
+        return list(zip(good, detector.extract([image for _, image in good], select=select), strict=True))
+    except VQAError as exc:
+        bad = getattr(exc, "indices", None)
+        if not bad:
+            raise
+        reason = " ".join(str(exc).split())
+        for j in sorted(set(bad)):
+            refuse(good[j][0], reason)
+        rest = [item for j, item in enumerate(good) if j not in set(bad)]
+        return _detect(detector, rest, select, refuse) if rest else []
+
+
 def _batches(blocks: Sequence[int], n_images: int, block_size: int, batch_size: int) -> list[list[int]]:
     """Image indices of each batch; a batch never spans two blocks (a block's result is then defined)."""
     out = []
@@ -466,16 +483,53 @@ class ExtractStats:
     wall_s: float = 0.0
 
 
+def _run_batch(detector: Detector, batch: list, block: _Block, entries: Sequence[ImageEntry], select: str,
+               amp: contextlib.AbstractContextManager, stats: ExtractStats, say: Callable[[str], None]) -> None:
+    """One decoded batch through the detector, its results (or each image's failure) into `block`."""
+
+    def refuse(i: int, why: str) -> None:
+        block.failed.append((entries[i].image_id, entries[i].where, why))
+        say(f"image skipped: {entries[i].where}: {why}")
+
+    good = []
+    for i, image, error, seconds in batch:
+        stats.decode_s += seconds
+        if image is None:
+            refuse(i, f"corrupt image: {error}")
+        else:
+            good.append((i, image))
+    if good:
+        t0 = time.perf_counter()
+        with torch.inference_mode(), amp:
+            outs = _detect(detector, good, select, refuse)
+        stats.detector_s += time.perf_counter() - t0
+        for (i, image), out in outs:
+            problem = _check_output(out, image, detector.num_boxes, detector.feature_dim)
+            if problem:
+                refuse(i, problem)
+                continue
+            block.image_id.append(entries[i].image_id)
+            block.image_w.append(image.shape[1])
+            block.image_h.append(image.shape[0])
+            block.boxes.append(np.asarray(out["boxes"], dtype=np.float32))
+            block.features.append(np.asarray(out["features"], dtype=np.float32))
+    block.seen += len(batch)
+    stats.images += len(batch)
+
+
+def autocast(device: torch.device, amp: str) -> contextlib.AbstractContextManager:
+    return torch.autocast(device.type, dtype=torch.bfloat16) if amp == "bf16" else contextlib.nullcontext()
+
+
 def extract_blocks(detector: Detector, entries: Sequence[ImageEntry], blocks: Sequence[int], work: Path,
                    opts: ExtractOptions, device: torch.device, progress: bool = True) -> ExtractStats:
     """Decode the images of `blocks` in DataLoader workers, run the detector in batches, write each finished
     block to `work`. A corrupt image is reported by name (and recorded in its block); the run goes on."""
     stats, start = ExtractStats(), time.perf_counter()
-    n, k, d = len(entries), detector.num_boxes, detector.feature_dim
+    n = len(entries)
     batches = _batches(blocks, n, opts.block_size, opts.batch_size)
     loader = DataLoader(ImageDataset(entries), batch_sampler=batches, num_workers=opts.num_workers,
                         collate_fn=_as_list)
-    amp = (torch.autocast(device.type, dtype=torch.bfloat16) if opts.amp == "bf16" else contextlib.nullcontext())
     current: _Block | None = None
     with tqdm(total=sum(map(len, batches)), unit="img", desc=f"extract {opts.select}", disable=not progress,
               smoothing=0.1) as bar:
@@ -483,35 +537,11 @@ def extract_blocks(detector: Detector, entries: Sequence[ImageEntry], blocks: Se
             index = batch[0][0] // opts.block_size
             if current is None or current.index != index:
                 current = _Block(index, min((index + 1) * opts.block_size, n) - index * opts.block_size)
-            good = []
-            for i, image, error, seconds in batch:
-                stats.decode_s += seconds
-                if image is None:
-                    current.failed.append((entries[i].image_id, entries[i].where, error))
-                    bar.write(f"corrupt image, skipped: {entries[i].where}: {error}")
-                else:
-                    good.append((i, image))
-            if good:
-                t0 = time.perf_counter()
-                with torch.inference_mode(), amp:
-                    outs = detector.extract([image for _, image in good], select=opts.select)
-                stats.detector_s += time.perf_counter() - t0
-                for (i, image), out in zip(good, outs, strict=True):
-                    problem = _check_output(out, image, k, d)
-                    if problem:
-                        current.failed.append((entries[i].image_id, entries[i].where, problem))
-                        bar.write(f"image skipped: {entries[i].where}: {problem}")
-                        continue
-                    current.image_id.append(entries[i].image_id)
-                    current.image_w.append(image.shape[1])
-                    current.image_h.append(image.shape[0])
-                    current.boxes.append(np.asarray(out["boxes"], dtype=np.float32))
-                    current.features.append(np.asarray(out["features"], dtype=np.float32))
-            current.seen += len(batch)
-            stats.images += len(batch)
+            _run_batch(detector, batch, current, entries, opts.select, autocast(device, opts.amp), stats,
+                       bar.write)
             bar.update(len(batch))
             if current.seen == current.size:
-                current.save(work, k, d)
+                current.save(work, detector.num_boxes, detector.feature_dim)
                 stats.blocks += 1
     stats.wall_s = time.perf_counter() - start
     return stats
