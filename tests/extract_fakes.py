@@ -57,7 +57,7 @@ class FakeDetector:
             raise VQAError(f"{folder}: no pytorch_model.bin")
         return cls(float(os.environ.get("FAKE_DETECTOR_DELAY", "0")), os.environ.get("FAKE_DETECTOR_COUNT"))
 
-    def extract(self, images: list[np.ndarray], select: str = "caffe") -> list[dict]:
+    def extract(self, images: list[np.ndarray], select: str = "caffe", amp: str | None = None) -> list[dict]:
         self.images += len(images)
         if self.count_file:
             with open(self.count_file, "a") as f:
@@ -107,7 +107,7 @@ def coco_zip(path: Path, ids, split: str = "train2014", seed: int = 0) -> Path:
 
 def decoded(data: bytes) -> np.ndarray:
     """What a plain PIL decode gives (the independent reference of the tests)."""
-    return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+    return np.array(Image.open(io.BytesIO(data)).convert("RGB"))
 
 
 if __name__ == "__main__":  # the command with the fake detector, for subprocess and torchrun tests

@@ -311,3 +311,82 @@ def test_main_trains_on_extracted_features(toy_data, tmp_path, weights):
     results = train(tiny_args(data, tmp_path / "run"))
     assert results["history"][-1]["epoch"] == 1
     assert json.loads((tmp_path / "run" / "results.json").read_text())
+
+
+# ------------------------------------------------------------------------------------------ the real detector
+
+# random weights, a small input and few proposals: seconds on a CPU
+TINY_DETECTOR = {"MIN_SIZE_TEST": 96, "MAX_SIZE_TEST": 128, "PRE_NMS_TOPK_TEST": 200, "POST_NMS_TOPK_TEST": 40,
+                 "POOLER_RESOLUTION": 7}
+
+
+@pytest.fixture(scope="module")
+def random_detector(tmp_path_factory) -> Path:
+    from vqa_cp.extraction import write_random_detector
+    return write_random_detector(tmp_path_factory.mktemp("detector"), seed=0, **TINY_DETECTOR)
+
+
+def _detector_zip(path: Path) -> tuple[Path, dict[int, np.ndarray]]:
+    rng = np.random.default_rng(8)
+    # two sizes only: each new input size costs the CPU kernels a warm-up
+    images = {11: random_image(rng, 64, 48), 4: random_image(rng, 48, 64), 7: random_image(rng, 64, 48)}
+    data = {i: jpeg_bytes(image) for i, image in images.items()}
+    write_zip(path, {f"val2014/{coco_name(i, 'val2014')}": b for i, b in data.items()})
+    return path, {i: decoded(b) for i, b in data.items()}
+
+
+def _check_against_direct(h5_path: Path, images: dict[int, np.ndarray], detector, amp=None) -> None:
+    """features.h5 rows equal the detector's results for one image at a time (batched = one at a time)."""
+    arrays = h5_arrays(h5_path)
+    assert arrays["image_id"].tolist() == sorted(images)
+    assert arrays["features"].shape == (3, detector.num_boxes, detector.feature_dim)
+    for row, image_id in enumerate(sorted(images)):
+        image = images[image_id]
+        want = detector.extract([image], select="caffe", amp=amp)[0]
+        np.testing.assert_allclose(arrays["features"][row], want["features"], rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(arrays["boxes"][row], want["boxes"], rtol=1e-5, atol=1e-4)
+        boxes = arrays["boxes"][row]
+        h, w = image.shape[:2]
+        assert (boxes[:, 0] >= 0).all() and (boxes[:, 2] <= w).all() and (boxes[:, 1] >= 0).all()
+        assert (boxes[:, 3] <= h).all() and (boxes[:, :2] <= boxes[:, 2:]).all()
+    assert np.isfinite(arrays["features"]).all()
+
+
+def test_end_to_end_with_random_weights(tmp_path, random_detector):
+    zipped, images = _detector_zip(tmp_path / "val2014.zip")
+    data = tmp_path / "data"
+    data.mkdir()
+    loaded = []
+
+    def load(folder, device):
+        loaded.append(imf.load_detector(folder, device))  # the command's own loader
+        return loaded[-1]
+
+    imf.main(flags([zipped], random_detector, data, "--batch-size", "2", "--block-size", "2", "--device", "cpu",
+                   "--no-progress"), make_detector=load, log=lambda message: None)
+    processed = data / "processed"
+    assert features_problem(processed) is None
+    record = read_record(record_path(processed, "features"))
+    assert record["params"]["select"] == "caffe" and record["params"]["amp"] == "none"
+    _check_against_direct(processed / FEATURES_FILE, images, loaded[0])
+
+
+@pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("amp", ["none", "bf16"])
+def test_cuda_extraction_matches_the_cpu(tmp_path, random_detector, amp):
+    """On the GPU (bench/gpu_check.sh): the command with --device cuda against the CPU detector."""
+    from bench.bench_extraction import amp_effect
+    from vqa_cp.extraction import BottomUpDetector
+    zipped, images = _detector_zip(tmp_path / "val2014.zip")
+    data = tmp_path / "data"
+    data.mkdir()
+    imf.main(flags([zipped], random_detector, data, "--batch-size", "2", "--device", "cuda", "--amp", amp,
+                   "--num-workers", "2", "--no-progress"), log=lambda message: None)
+    arrays = h5_arrays(data / "processed" / FEATURES_FILE)
+    cpu = BottomUpDetector.from_pretrained(random_detector)
+    want = [cpu.extract([images[i]], select="caffe")[0] for i in sorted(images)]
+    got = [{"boxes": b, "features": f} for b, f in zip(arrays["boxes"], arrays["features"])]
+    agreement = amp_effect(want, got)
+    print(f"cuda {amp} against the CPU float32:", agreement)
+    assert np.isfinite(arrays["features"]).all() and arrays["image_id"].tolist() == sorted(images)
+    assert agreement["boxes_found_again"] >= 0.8 and agreement["cosine_mean"] >= (0.99 if amp == "none" else 0.9)

@@ -63,7 +63,7 @@ class Detector(Protocol):
     num_boxes: int
     feature_dim: int
 
-    def extract(self, images: list[np.ndarray], select: str = "caffe") -> list[dict]: ...
+    def extract(self, images: list[np.ndarray], select: str = "caffe", amp: str | None = None) -> list[dict]: ...
 
 
 def load_detector(folder: Path, device: str = "cpu") -> Detector:
@@ -168,7 +168,7 @@ def decode_image(data: bytes) -> np.ndarray:
             image.load()  # decodes everything: a truncated file raises here
             if image.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N"):
                 return _rgb_from_16bit(image)
-            rgb = np.asarray(image.convert("RGB"), dtype=np.uint8)
+            rgb = np.array(image.convert("RGB"), dtype=np.uint8)  # writable (torch.from_numpy warns otherwise)
     if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.shape[0] == 0 or rgb.shape[1] == 0:
         raise ValueError(f"decoded to an array of shape {rgb.shape}")
     return rgb
@@ -448,12 +448,14 @@ def _check_output(out: dict, image: np.ndarray, num_boxes: int, dim: int) -> str
     return None
 
 
-def _detect(detector: Detector, good: list[tuple[int, np.ndarray]], select: str,
+def _detect(detector: Detector, good: list[tuple[int, np.ndarray]], select: str, amp: str,
             refuse: Callable[[int, str], None]) -> list[tuple[tuple[int, np.ndarray], dict]]:
-    """detector.extract on a batch. Images the detector refuses with a VQAError carrying `indices` (positions
-    in the batch: e.g. fewer boxes than asked for) are reported through `refuse` and the rest run again."""
+    """detector.extract on a batch (amp "bf16": the network under bfloat16 autocast, the detector's own option).
+    Images the detector refuses with a VQAError carrying `indices` (positions in the batch: fewer boxes than asked
+    for) are reported through `refuse` and the rest run again."""
     try:
-        return list(zip(good, detector.extract([image for _, image in good], select=select), strict=True))
+        outs = detector.extract([image for _, image in good], select=select, amp=None if amp == "none" else amp)
+        return list(zip(good, outs, strict=True))
     except VQAError as exc:
         bad = getattr(exc, "indices", None)
         if not bad:
@@ -462,7 +464,7 @@ def _detect(detector: Detector, good: list[tuple[int, np.ndarray]], select: str,
         for j in sorted(set(bad)):
             refuse(good[j][0], reason)
         rest = [item for j, item in enumerate(good) if j not in set(bad)]
-        return _detect(detector, rest, select, refuse) if rest else []
+        return _detect(detector, rest, select, amp, refuse) if rest else []
 
 
 def _batches(blocks: Sequence[int], n_images: int, block_size: int, batch_size: int) -> list[list[int]]:
@@ -484,7 +486,7 @@ class ExtractStats:
 
 
 def _run_batch(detector: Detector, batch: list, block: _Block, entries: Sequence[ImageEntry], select: str,
-               amp: contextlib.AbstractContextManager, stats: ExtractStats, say: Callable[[str], None]) -> None:
+               amp: str, stats: ExtractStats, say: Callable[[str], None]) -> None:
     """One decoded batch through the detector, its results (or each image's failure) into `block`."""
 
     def refuse(i: int, why: str) -> None:
@@ -500,8 +502,8 @@ def _run_batch(detector: Detector, batch: list, block: _Block, entries: Sequence
             good.append((i, image))
     if good:
         t0 = time.perf_counter()
-        with torch.inference_mode(), amp:
-            outs = _detect(detector, good, select, refuse)
+        with torch.inference_mode():
+            outs = _detect(detector, good, select, amp, refuse)
         stats.detector_s += time.perf_counter() - t0
         for (i, image), out in outs:
             problem = _check_output(out, image, detector.num_boxes, detector.feature_dim)
@@ -515,10 +517,6 @@ def _run_batch(detector: Detector, batch: list, block: _Block, entries: Sequence
             block.features.append(np.asarray(out["features"], dtype=np.float32))
     block.seen += len(batch)
     stats.images += len(batch)
-
-
-def autocast(device: torch.device, amp: str) -> contextlib.AbstractContextManager:
-    return torch.autocast(device.type, dtype=torch.bfloat16) if amp == "bf16" else contextlib.nullcontext()
 
 
 def extract_blocks(detector: Detector, entries: Sequence[ImageEntry], blocks: Sequence[int], work: Path,
@@ -537,8 +535,7 @@ def extract_blocks(detector: Detector, entries: Sequence[ImageEntry], blocks: Se
             index = batch[0][0] // opts.block_size
             if current is None or current.index != index:
                 current = _Block(index, min((index + 1) * opts.block_size, n) - index * opts.block_size)
-            _run_batch(detector, batch, current, entries, opts.select, autocast(device, opts.amp), stats,
-                       bar.write)
+            _run_batch(detector, batch, current, entries, opts.select, opts.amp, stats, bar.write)
             bar.update(len(batch))
             if current.seen == current.size:
                 current.save(work, detector.num_boxes, detector.feature_dim)
