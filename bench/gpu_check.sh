@@ -18,7 +18,7 @@ extraction() {  # $1: cuda or cpu
     python -m pytest -q tests/test_image_features.py -k cuda
     python bench/bench_extraction.py --device cuda --images 64 --batch-sizes 1 8 16 32 --workers 8
   else
-    python bench/bench_extraction.py --device cpu --images 4 --batch-sizes 1 4 --workers 1
+    python bench/bench_extraction.py --device cpu --images 8 --batch-sizes 1 8 --workers 1
   fi
 }
 case "${1:-}" in
