@@ -48,6 +48,7 @@ class FakeDetector:
     def __init__(self, delay: float = 0.0, count_file: str | None = None) -> None:
         self.delay, self.count_file = delay, count_file
         self.images = 0  # images seen by this instance
+        self.amps: set[str | None] = set()
 
     @classmethod
     def from_pretrained(cls, folder, device: str = "cpu") -> FakeDetector:
@@ -59,6 +60,7 @@ class FakeDetector:
 
     def extract(self, images: list[np.ndarray], select: str = "caffe", amp: str | None = None) -> list[dict]:
         self.images += len(images)
+        self.amps.add(amp)
         if self.count_file:
             with open(self.count_file, "a") as f:
                 f.write(f"{len(images)}\n")

@@ -164,9 +164,11 @@ def test_features_h5_tsv_and_record(tmp_path, weights):
     # another selection would replace an extraction: refused without --force
     with pytest.raises(VQAError, match="already exists, extracted with other .* pass --force"):
         run(flags([zipped], weights, data))
-    run(flags([zipped], weights, data, "--force", "--fp16"))
+    half = FakeDetector()
+    run(flags([zipped], weights, data, "--force", "--fp16", "--amp", "bf16"), half)
     arrays = h5_arrays(processed / FEATURES_FILE)
     assert arrays["features"].dtype == np.float16 and features_problem(processed) is None
+    assert half.amps == {"bf16"} and read_record(record_path(processed, "features"))["params"]["amp"] == "bf16"
 
 
 def test_corrupt_images_are_named_the_run_goes_on_and_ends_in_error(tmp_path, weights):
