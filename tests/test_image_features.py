@@ -371,6 +371,9 @@ def test_end_to_end_with_random_weights(tmp_path, random_detector):
     record = read_record(record_path(processed, "features"))
     assert record["params"]["select"] == "caffe" and record["params"]["amp"] == "none"
     _check_against_direct(processed / FEATURES_FILE, images, loaded[0])
+    from vqa_cp.features import FeatureStore
+    store = FeatureStore(processed / FEATURES_FILE)  # what training reads
+    assert (len(store), store.num_boxes, store.dim) == (3, 36, 2048)
 
 
 @pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs a CUDA device")
@@ -392,3 +395,12 @@ def test_cuda_extraction_matches_the_cpu(tmp_path, random_detector, amp):
     print(f"cuda {amp} against the CPU float32:", agreement)
     assert np.isfinite(arrays["features"]).all() and arrays["image_id"].tolist() == sorted(images)
     assert agreement["boxes_found_again"] >= 0.8 and agreement["cosine_mean"] >= (0.99 if amp == "none" else 0.9)
+
+
+def test_the_command_line_front_ends_in_one_line(tmp_path):
+    proc = subprocess.run([sys.executable, str(ROOT / "tools" / "extract_features.py"), "--images",
+                           str(tmp_path / "train2014.zip"), "--weights", str(tmp_path), "--data", str(tmp_path)],
+                          capture_output=True, text=True, env=_env(), timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == f"error: image source not found: {tmp_path / 'train2014.zip'} (give a folder of " \
+                                  "images or a zip such as train2014.zip)"
