@@ -161,6 +161,11 @@ def test_features_h5_tsv_and_record(tmp_path, weights):
     messages = []
     run(flags([zipped], weights, data, "--block-size", "2", "--tsv", "--select", "lxmert"), again, messages.append)
     assert again.images == 0 and any(m.startswith("skip:") for m in messages)
+    # a TSV asked for later is written from features.h5, the same bytes, nothing extracted again
+    tsv = (processed / imf.TSV_NAME).read_bytes()
+    (processed / imf.TSV_NAME).unlink()
+    run(flags([zipped], weights, data, "--block-size", "2", "--tsv", "--select", "lxmert"), again)
+    assert again.images == 0 and (processed / imf.TSV_NAME).read_bytes() == tsv
     # another selection would replace an extraction: refused without --force
     with pytest.raises(VQAError, match="already exists, extracted with other .* pass --force"):
         run(flags([zipped], weights, data))

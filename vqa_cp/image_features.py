@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import errno
 import hashlib
 import io
 import json
@@ -26,10 +27,12 @@ import time
 import warnings
 import zipfile
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+import h5py
 import numpy as np
 import torch
 from PIL import Image
@@ -39,7 +42,7 @@ from tqdm import tqdm
 from vqa_cp import distributed as dist_utils
 from vqa_cp.errors import VQAError
 from vqa_cp.features import BOX_COORDS, FEATURES_FILE, FEATURES_STEP, TSVRow, h5_summary, write_features_h5
-from vqa_cp.files import check_output_file, remove_stale_temps, write_json
+from vqa_cp.files import atomic_path, check_output_file, remove_stale_temps, write_json
 from vqa_cp.processing import processed_dir, save_npz
 from vqa_cp.provenance import digest_cache, file_entry, make_record, output_problem, read_record, record_path
 
@@ -293,10 +296,10 @@ def _existing_refusal(h5_path: Path, record: dict | None, params: dict, inputs: 
     return f"{h5_path}: already exists, {what}; pass --force to replace it with the extracted features"
 
 
-def _record_is_current(processed: Path, record: dict | None, params: dict, inputs: dict, tsv: Path | None) -> bool:
+def _record_is_current(processed: Path, record: dict | None, params: dict, inputs: dict) -> bool:
     if record is None or record.get("step") != FEATURES_STEP or record.get("params") != params:
         return False
-    if record.get("inputs") != inputs or (tsv is not None and not tsv.is_file()):
+    if record.get("inputs") != inputs:
         return False
     with digest_cache(processed) as cache:
         return output_problem(processed, record, cache, {FEATURES_FILE: h5_summary}) is None
@@ -314,7 +317,8 @@ def failure_message(failed: Sequence[Sequence[Any]], h5_path: Path) -> str:
 class Plan:
     """What rank 0 decided and every rank follows."""
 
-    status: str = "extract"  # "current" (nothing to do), "finish" (assembled, not yet in place), "extract"
+    status: str = "extract"  # "current" (nothing to do), "tsv" (only the TSV to write from features.h5),
+    # "finish" (assembled, not yet in place), "extract"
     error: str | None = None
     key: str = ""
     images_sha256: str = ""
@@ -375,10 +379,13 @@ def _prepare(opts: ExtractOptions, entries: list[ImageEntry], log: Callable[[str
     }, sort_keys=True).encode()).hexdigest()[:16]
     work = work_folder(processed, plan.key)
     record = read_record(record_path(processed, FEATURES_STEP))
+    current = _record_is_current(processed, record, plan.params, plan.inputs)
     if (work / ASSEMBLED_FILE).is_file():
         plan.status = "finish"
-    elif _record_is_current(processed, record, plan.params, plan.inputs, opts.tsv):
-        plan.status, plan.failed = "current", list(record.get("failed_images", []))
+    elif current and (opts.tsv is None or opts.tsv.is_file() or not opts.fp16):
+        # a float32 features.h5 gives the TSV a later --tsv asks for; a float16 one cannot
+        plan.status = "current" if opts.tsv is None or opts.tsv.is_file() else "tsv"
+        plan.failed = list(record.get("failed_images", []))
     elif not opts.force and (refusal := _existing_refusal(h5_path, record, plan.params, plan.inputs)):
         raise VQAError(refusal)
     return plan
@@ -529,8 +536,10 @@ def extract_blocks(detector: Detector, entries: Sequence[ImageEntry], blocks: Se
     loader = DataLoader(ImageDataset(entries), batch_sampler=batches, num_workers=opts.num_workers,
                         collate_fn=_as_list)
     current: _Block | None = None
-    with tqdm(total=sum(map(len, batches)), unit="img", desc=f"extract {opts.select}", disable=not progress,
-              smoothing=0.1) as bar:
+    saving: Future | None = None  # one block written in the background while the detector goes on
+    with ThreadPoolExecutor(max_workers=1) as writer, tqdm(
+            total=sum(map(len, batches)), unit="img", desc=f"extract {opts.select}", disable=not progress,
+            smoothing=0.1) as bar:
         for batch in loader:
             index = batch[0][0] // opts.block_size
             if current is None or current.index != index:
@@ -538,8 +547,12 @@ def extract_blocks(detector: Detector, entries: Sequence[ImageEntry], blocks: Se
             _run_batch(detector, batch, current, entries, opts.select, opts.amp, stats, bar.write)
             bar.update(len(batch))
             if current.seen == current.size:
-                current.save(work, detector.num_boxes, detector.feature_dim)
+                if saving is not None:
+                    saving.result()  # its error, if any, here; and at most one block waits in memory
+                saving = writer.submit(current.save, work, detector.num_boxes, detector.feature_dim)
                 stats.blocks += 1
+        if saving is not None:
+            saving.result()
     stats.wall_s = time.perf_counter() - start
     return stats
 
@@ -604,14 +617,21 @@ def assemble(work: Path, entries: Sequence[ImageEntry], opts: ExtractOptions) ->
     write_json(work / ASSEMBLED_FILE, {"images": n, "summary": h5_summary(h5_tmp), "failed": failed})
 
 
+def write_tsv_from_h5(h5_path: Path, tsv_path: Path) -> None:
+    """The TSV form of a float32 features.h5, written atomically."""
+    with h5py.File(h5_path, "r") as h5, atomic_path(tsv_path) as tmp, open(tmp, "wb") as f:
+        for r in range(h5["features"].shape[0]):
+            f.write(tsv_line(TSVRow(int(h5["image_id"][r]), int(h5["image_w"][r]), int(h5["image_h"][r]),
+                                    h5["boxes"][r], h5["features"][r])))
+
+
 def _move(source: Path, target: Path) -> None:
     """Rename, or copy then delete across file systems (the copy atomic)."""
     try:
         os.replace(source, target)
     except OSError as exc:
-        if exc.errno != 18:  # EXDEV
+        if exc.errno != errno.EXDEV:
             raise
-        from vqa_cp.files import atomic_path
         with atomic_path(target) as tmp:
             shutil.copyfile(source, tmp)
         source.unlink()
@@ -673,8 +693,11 @@ def extract_features(opts: ExtractOptions, make_detector: Callable[..., Detector
         raise VQAError(f"rank {rank} lists other images than rank 0 in {', '.join(map(str, opts.images))}")
     processed = processed_dir(opts.data)
     stats = ExtractStats()
-    if plan.status == "current":
+    if plan.status in ("current", "tsv"):
         say(f"skip: {processed / FEATURES_FILE} is up to date (select {opts.select}, amp {opts.amp})")
+        if plan.status == "tsv" and rank == 0:
+            write_tsv_from_h5(processed / FEATURES_FILE, opts.tsv)
+            say(f"wrote {opts.tsv} from it")
         failed = plan.failed
     else:
         work = work_folder(processed, plan.key)
