@@ -6,8 +6,9 @@
 # the training step, peak GPU memory. The rehearsal data is generated and processed on the CPU while the GPU
 # benchmarks run. REHEARSAL_DIR (default /tmp/vqa_cp_rehearsal_0.1) holds it (about 10 GB; removed at the end).
 # The feature extractor (vqa_cp.image_features, about 2 minutes): its CUDA tests (the command on the GPU against
-# the CPU) and bench/bench_extraction.py with random weights at the published sizes on 64 generated COCO-size
-# images: images/s at batch 1, 8 and 16, bf16, the time by stage, the whole loop with decoding workers.
+# the CPU, and the detector's own) and bench/bench_extract_features.py with random weights at the published sizes
+# on 64 generated COCO-size images: images/s at batch 1, 8 and 16, bf16, the time by stage, the whole loop with
+# decoding workers.
 #   bash bench/gpu_check.sh --extraction-only     only the extractor's part
 #   bash bench/gpu_check.sh --extraction-cpu      the extractor's part on the CPU (small input, a few images)
 set -euo pipefail
@@ -15,10 +16,12 @@ cd "$(dirname "$0")/.."
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 extraction() {  # $1: cuda or cpu
   if [[ "$1" == cuda ]]; then
-    python -m pytest -q tests/test_image_features.py -k cuda
-    python bench/bench_extraction.py --device cuda --images 64 --batch-sizes 1 8 16 --workers 8
+    tests=(tests/test_image_features.py)
+    if [[ -f tests/test_extraction.py ]]; then tests+=(tests/test_extraction.py); fi  # the detector's own
+    python -m pytest -q "${tests[@]}" -k cuda
+    python bench/bench_extract_features.py --device cuda --images 64 --batch-sizes 1 8 16 --workers 8
   else
-    python bench/bench_extraction.py --device cpu --images 8 --batch-sizes 1 8 --workers 1
+    python bench/bench_extract_features.py --device cpu --images 8 --batch-sizes 1 8 --workers 1
   fi
 }
 case "${1:-}" in

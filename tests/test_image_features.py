@@ -385,7 +385,7 @@ def test_end_to_end_with_random_weights(tmp_path, random_detector):
 @pytest.mark.parametrize("amp", ["none", "bf16"])
 def test_cuda_extraction_matches_the_cpu(tmp_path, random_detector, amp):
     """On the GPU (bench/gpu_check.sh): the command with --device cuda against the CPU detector."""
-    from bench.bench_extraction import amp_effect
+    from bench.bench_extract_features import amp_effect
     from vqa_cp.extraction import BottomUpDetector
     zipped, images = _detector_zip(tmp_path / "val2014.zip")
     data = tmp_path / "data"

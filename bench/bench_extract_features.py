@@ -12,9 +12,9 @@ matched boxes, cosine, and how many of the 36 boxes bf16 also selects.
 Without --weights the detector has random weights (`write_random_detector`): the timings hold for the real
 weights (same shapes), the bf16 figures do not (random weights give other proposals and scores).
 
-    python bench/bench_extraction.py                      # CPU: 8 images, small config (SMALL_CONFIG), < 1 min
-    python bench/bench_extraction.py --device cuda --images 64 --batch-sizes 1 8 16 32 --published
-    python bench/bench_extraction.py ... --write          # also append the figures to bench/EXTRACTION.md
+    python bench/bench_extract_features.py                      # CPU: 8 images, small config (SMALL_CONFIG), < 1 min
+    python bench/bench_extract_features.py --device cuda --images 64 --batch-sizes 1 8 16 32 --published
+    python bench/bench_extract_features.py ... --write          # also append the figures to bench/EXTRACTION.md
 """
 
 from __future__ import annotations
