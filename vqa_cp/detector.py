@@ -24,7 +24,7 @@ STAGE_BLOCKS = {50: (3, 4, 6, 3), 101: (3, 4, 23, 3), 152: (3, 8, 36, 3)}
 FROZEN_NORMS = ("BN", "FROZENBN")
 POOLER_TYPES = ("ROIPOOL",)  # the Caffe model's ROIPooling; the port's demo pools with RoIPool whatever the key says
 SCALE_CLAMP = math.log(1000.0 / 16)  # detectron2's limit on dw, dh before exp()
-GATHER_BYTES = 1 << 28  # RoI pooling gathers at most this many bytes at a time
+GATHER_BYTES = 1 << 29  # RoI pooling gathers at most this many bytes at a time
 
 
 # ----------------------------------------------------------------------------------------------------- config
@@ -128,9 +128,10 @@ def greedy_keep(suppresses: Tensor) -> Tensor:
     keep <- not any_j(keep_j and S_ji) from all-True until it stops changing (after at most n + 1 rounds; in
     practice the depth of the longest suppression chain), so the result is exactly the sequential one.
     """
+    relation = suppresses.float()  # counts of kept suppressors by a (batched) matrix product: exact integers
     keep = torch.ones(suppresses.shape[:-1], dtype=torch.bool, device=suppresses.device)
     for _ in range(suppresses.shape[-1] + 1):
-        new = ~(suppresses & keep.unsqueeze(-1)).any(dim=-2)
+        new = (keep.float().unsqueeze(-2) @ relation).squeeze(-2) == 0
         if torch.equal(new, keep):
             return new
         keep = new
@@ -490,6 +491,8 @@ class RoIHeads(nn.Module):
         pooled = []
         for start in range(0, rois.shape[0], chunk):
             x = roi_pool(features, sizes, rois[start:start + chunk], self.resolution, self.scale)
+            if x.device.type == "cpu":  # CPU convolutions are slower on channels-last views
+                x = x.contiguous()
             pooled.append(self.res5(x).mean(dim=(2, 3)))
         feature = torch.cat(pooled)
         return (feature, *self.box_predictor(feature))

@@ -41,6 +41,7 @@ NUM_BOXES = 36
 CAFFE_NMS = 0.3  # bottom-up-attention's cfg.TEST.NMS, the per-class NMS of generate_tsv.py (not in config.yaml)
 SELECTIONS = ("caffe", "lxmert")
 AMP_MODES = (None, "bf16")
+LEGACY_NAMES = {"gamma": "weight", "beta": "bias"}  # norm parameters in old pickles, renamed as the demo does
 
 
 class TooFewBoxes(VQAError):
@@ -98,6 +99,13 @@ def _override(tree: dict[str, Any], name: str, value: Any) -> None:
         tree[upper] = value
 
 
+class _ConfigLoader(yaml.SafeLoader):
+    """Safe YAML plus `!!python/tuple` (yaml.dump of a config holding tuples writes it), read as a list."""
+
+
+_ConfigLoader.add_constructor("tag:yaml.org,2002:python/tuple", lambda loader, node: loader.construct_sequence(node))
+
+
 def read_config(folder: Path) -> DetectorConfig:
     path = folder / CONFIG_NAME
     try:
@@ -105,7 +113,7 @@ def read_config(folder: Path) -> DetectorConfig:
     except FileNotFoundError:
         raise VQAError(f"{path}: not found (the detector folder needs {CONFIG_NAME} and {WEIGHTS_NAME})") from None
     try:
-        tree = yaml.safe_load(text)
+        tree = yaml.load(text, Loader=_ConfigLoader)  # safe: SafeLoader plus tuples
     except yaml.YAMLError as exc:
         raise VQAError(f"{path}: not valid YAML ({' '.join(str(exc).split())})") from None
     return DetectorConfig.from_tree(tree, path)
@@ -172,8 +180,8 @@ def read_weights(path: Path) -> dict[str, Tensor]:
         data = _read_pickle(path)
     weights = {}
     for key, value in data.items():
-        head, _, leaf = str(key).rpartition(".")
-        name = f"{head}.{ {'gamma': 'weight', 'beta': 'bias'}.get(leaf, leaf) }".lstrip(".") if head else leaf
+        head, dot, leaf = str(key).rpartition(".")
+        name = head + dot + LEGACY_NAMES.get(leaf, leaf)
         if isinstance(value, np.ndarray):
             if value.dtype.kind not in "fiu":
                 raise VQAError(f"{path}: {key} is an array of {value.dtype}, not numbers")
@@ -305,7 +313,7 @@ def resized_size(height: int, width: int, shorter: int, longest: int) -> tuple[i
 def preprocess(image: np.ndarray, mean: Tensor, std: Tensor, size: tuple[int, int], device: torch.device) -> Tensor:
     """RGB uint8 H x W x 3 -> BGR float [3, h, w]: (pixel - mean) / std, then bilinear (half-pixel centres, no
     antialiasing: OpenCV's INTER_LINEAR, torch's align_corners=False) to `size`."""
-    x = torch.from_numpy(np.ascontiguousarray(image)).to(device).flip(-1).permute(2, 0, 1).float()
+    x = torch.from_numpy(np.ascontiguousarray(image)).to(device).flip(-1).permute(2, 0, 1).float().contiguous()
     x = (x - mean[:, None, None]) / std[:, None, None]
     if tuple(x.shape[1:]) == size:
         return x
@@ -384,7 +392,8 @@ class BottomUpDetector:
         if amp not in AMP_MODES:
             raise ValueError(f"amp {amp!r} is not one of {AMP_MODES}")
         for index, image in enumerate(images):
-            if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+            if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.ndim != 3 or (
+                    image.shape[2] != 3 or min(image.shape[:2]) == 0):
                 raise VQAError(f"image {index}: not a uint8 H x W x 3 RGB array ({getattr(image, 'shape', None)})")
         if not images:
             return []
@@ -418,7 +427,7 @@ class BottomUpDetector:
                  parts: list[tuple[Tensor, ...]], select: str) -> list[dict]:
         """One dict per image: boxes float32 [N, 4] (x1, y1, x2, y2, original pixels), features float32 [N, D],
         objects_id int64, objects_conf float32, attrs_id int64, attrs_conf float32 [N], image_h, image_w."""
-        results, short = [], []
+        results, short, indices = [], [], []
         for index, (image, props, hw) in enumerate(zip(images, proposals, hws)):
             pooled, logits, deltas, attr_logits = (part[index] for part in parts)
             height, width = image.shape[:2]
@@ -433,6 +442,7 @@ class BottomUpDetector:
                                         self.nms_thresholds, self.num_boxes)
             if picked is None:
                 short.append(f"image {index} ({height} x {width}): {len(props)} proposals")
+                indices.append(index)
                 continue
             keep, boxes, objects_id, objects_conf, attrs_id, attrs_conf = picked
             results.append({
@@ -441,7 +451,6 @@ class BottomUpDetector:
                 "attrs_id": attrs_id.long().cpu().numpy(), "attrs_conf": attrs_conf.float().cpu().numpy(),
                 "image_h": int(height), "image_w": int(width)})
         if short:
-            indices = [int(s.split()[1]) for s in short]
             raise TooFewBoxes(f"fewer than {self.num_boxes} boxes survive ({select} selection; not padded): "
                               + "; ".join(short), indices)
         return results
