@@ -605,9 +605,11 @@ def assemble(work: Path, entries: Sequence[ImageEntry], opts: ExtractOptions) ->
     failed: list = []
     with contextlib.ExitStack() as stack:
         tsv = stack.enter_context(open(f"{tsv_tmp}.partial", "wb")) if opts.tsv else None
+        bar = stack.enter_context(tqdm(total=len(entries), unit="img", desc="assemble features.h5",
+                                       disable=not opts.progress, leave=False))
+        rows = _rows(work, entries, opts.block_size, failed, tsv)
         try:
-            n = write_features_h5(_rows(work, entries, opts.block_size, failed, tsv), h5_tmp, opts.fp16,
-                                  source=work)
+            n = write_features_h5((bar.update(1) or row for row in rows), h5_tmp, opts.fp16, source=work)
         except VQAError:
             if failed and len(failed) == len(entries):
                 raise VQAError(failure_message(failed, h5_tmp) + " (no image left)") from None
@@ -666,15 +668,19 @@ def finish(work: Path, plan: Plan, opts: ExtractOptions, log: Callable[[str], No
     return info["failed"]
 
 
-def _wait_for_blocks(work: Path, n_blocks: int, log: Callable[[str], None]) -> None:
+def _wait_for_blocks(work: Path, n_blocks: int, log: Callable[[str], None], progress: bool = True) -> None:
     """Rank 0: wait until every block exists (the other ranks' shares). A rank that dies makes torchrun
     stop every rank, so this cannot wait for ever."""
-    told = False
-    while missing := [b for b in range(n_blocks) if not block_path(work, b).is_file()]:
-        if not told:
-            log(f"waiting for {len(missing)} blocks of the other ranks")
-            told = True
-        time.sleep(POLL_S)
+    missing = [b for b in range(n_blocks) if not block_path(work, b).is_file()]
+    if missing:
+        log(f"waiting for {len(missing)} blocks of the other ranks")
+    with tqdm(total=n_blocks, initial=n_blocks - len(missing), unit="block", desc="other ranks",
+              disable=not (missing and progress), leave=False) as bar:
+        while missing:
+            time.sleep(POLL_S)
+            left = [b for b in missing if not block_path(work, b).is_file()]
+            bar.update(len(missing) - len(left))
+            missing = left
 
 
 def extract_features(opts: ExtractOptions, make_detector: Callable[..., Detector] = load_detector,
@@ -716,7 +722,7 @@ def extract_features(opts: ExtractOptions, make_detector: Callable[..., Detector
         if rank != 0:
             return stats
         if plan.status == "extract":
-            _wait_for_blocks(work, -(-len(entries) // opts.block_size), say)
+            _wait_for_blocks(work, -(-len(entries) // opts.block_size), say, opts.progress)
             assemble(work, entries, opts)
         failed = finish(work, plan, opts, say)
     if failed and rank == 0:
