@@ -1,13 +1,35 @@
 #!/usr/bin/env bash
-# One short GPU session (about 6 minutes on an H100): the CUDA tests, the throughput benchmark at the real shapes
+# One short GPU session (about 8 minutes on an H100): the CUDA tests, the throughput benchmark at the real shapes
 # (learned-mixin +H + functional-entropy regulariser, batch 512), float32 and bf16, then one epoch of main.py on
 # the 0.1 rehearsal data (vqa_cp.rehearsal: 12,329 images x 36 x 2048, 43,818 train questions) with
 # --cache_features --features_on_gpu --amp bf16, batch 512, lambda 1e-10: epoch time, the share of it outside
 # the training step, peak GPU memory. The rehearsal data is generated and processed on the CPU while the GPU
 # benchmarks run. REHEARSAL_DIR (default /tmp/vqa_cp_rehearsal_0.1) holds it (about 10 GB; removed at the end).
+# The feature extractor (vqa_cp.image_features, about 2 minutes): its CUDA tests (the command on the GPU against
+# the CPU, and the detector's own) and bench/bench_extract_features.py with random weights at the published sizes
+# on 64 generated COCO-size images: images/s at batch 1, 8 and 16, bf16, the time by stage, the whole loop with
+# decoding workers.
+#   bash bench/gpu_check.sh --extraction-only     only the extractor's part
+#   bash bench/gpu_check.sh --extraction-cpu      the extractor's part on the CPU (small input, a few images)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+extraction() {  # $1: cuda or cpu
+  if [[ "$1" == cuda ]]; then
+    tests=(tests/test_image_features.py)
+    if [[ -f tests/test_extraction.py ]]; then tests+=(tests/test_extraction.py); fi  # the detector's own
+    python -m pytest -q "${tests[@]}" -k cuda
+    python bench/bench_extract_features.py --device cuda --images 64 --batch-sizes 1 8 16 --workers 8
+  else
+    python bench/bench_extract_features.py --device cpu --images 8 --batch-sizes 1 8 --workers 1
+  fi
+}
+case "${1:-}" in
+  --extraction-only) extraction cuda; exit 0 ;;
+  --extraction-cpu) extraction cpu; exit 0 ;;
+  "") ;;
+  *) echo "usage: bash bench/gpu_check.sh [--extraction-only | --extraction-cpu]" >&2; exit 2 ;;
+esac
 DATA="${REHEARSAL_DIR:-/tmp/vqa_cp_rehearsal_0.1}"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 rm -rf "$DATA"
@@ -19,6 +41,7 @@ for amp in none bf16; do
   python bench/bench_throughput.py --device cuda --batch 512 --steps 30 --amp "$amp"
 done
 python bench/bench_throughput.py --device cuda --batch 512 --steps 30 --amp bf16 --inf_lambda 0
+extraction cuda
 if ! wait "$prepare"; then
   echo "rehearsal data preparation failed:" >&2; tail -5 "$DATA.prepare.log" >&2; exit 1
 fi

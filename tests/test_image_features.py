@@ -1,0 +1,411 @@
+"""tools/extract_features.py (vqa_cp.image_features) with a stand-in detector: sources, decoding, the
+features.h5 and its record, corrupt images, resuming after kill -9, torchrun, and main.py training on it."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests.extract_fakes import (
+    FakeDetector,
+    coco_name,
+    coco_zip,
+    decoded,
+    fake_output,
+    fake_weights,
+    jpeg_bytes,
+    random_image,
+    write_zip,
+)
+from vqa_cp import image_features as imf
+from vqa_cp.errors import VQAError
+from vqa_cp.features import FEATURES_FILE, decode_row, features_problem
+from vqa_cp.provenance import read_record, record_path
+
+ROOT = Path(__file__).resolve().parents[1]
+FAKES = ROOT / "tests" / "extract_fakes.py"
+
+
+def run(args: list[str], detector: FakeDetector | None = None, log=None) -> imf.ExtractStats:
+    detector = detector or FakeDetector()
+    return imf.main([*args, "--device", "cpu", "--no-progress"], make_detector=lambda folder, device: detector,
+                    log=log or (lambda message: None))
+
+
+def flags(images: list[Path], weights: Path, data: Path, *extra: str) -> list[str]:
+    return ["--images", *map(str, images), "--weights", str(weights), "--data", str(data), "--num-workers", "0",
+            *extra]
+
+
+def h5_arrays(path: Path) -> dict[str, np.ndarray]:
+    with h5py.File(path, "r") as h5:
+        return {name: h5[name][:] for name in h5}
+
+
+@pytest.fixture()
+def weights(tmp_path) -> Path:
+    return fake_weights(tmp_path / "detector")
+
+
+# ------------------------------------------------------------------------------------------ sources, decoding
+
+
+def test_images_are_listed_from_folders_and_zips_sorted_by_id_once_each(tmp_path):
+    zipped = coco_zip(tmp_path / "train2014.zip", [30, 5, 12])
+    folder = tmp_path / "val2014"
+    folder.mkdir()
+    rng = np.random.default_rng(1)
+    for image_id in (7, 12):  # 12 also in the zip: kept once, from the first source given
+        random_image(rng).save(folder / coco_name(image_id, "val2014"))
+    (folder / "notes.txt").write_text("not an image")
+    messages = []
+    entries = imf.list_images([zipped, folder], log=messages.append)
+    assert [e.image_id for e in entries] == [5, 7, 12, 30]
+    assert entries[2].source == str(zipped) and entries[2].name == f"train2014/{coco_name(12)}"
+    assert len(messages) == 1 and messages[0].startswith("1 duplicate image ids")
+    # the same images from an extracted folder give the same list digest as from the zip
+    extracted = tmp_path / "extracted"
+    import zipfile
+    zipfile.ZipFile(zipped).extractall(extracted)
+    assert imf.list_digest(imf.list_images([extracted])) == imf.list_digest(imf.list_images([zipped]))
+    (folder / "holiday.jpg").write_bytes(b"x")
+    with pytest.raises(VQAError, match="holiday.jpg: no image id"):
+        imf.list_images([folder])
+    with pytest.raises(VQAError, match="image source not found"):
+        imf.list_images([tmp_path / "missing.zip"])
+
+
+def test_every_colour_mode_decodes_to_rgb(tmp_path):
+    gray = Image.fromarray(np.array([[0, 100], [200, 255]], dtype=np.uint8), "L")
+    assert decoded_equal(imf.decode_image(png(gray)), [[[0] * 3, [100] * 3], [[200] * 3, [255] * 3]])
+    rgba = Image.fromarray(np.array([[[10, 20, 30, 0], [40, 50, 60, 255]]], dtype=np.uint8), "RGBA")
+    assert decoded_equal(imf.decode_image(png(rgba)), [[[10, 20, 30], [40, 50, 60]]])  # alpha dropped
+    palette = Image.new("P", (2, 1))
+    palette.putpalette([255, 0, 0, 0, 0, 255] + [0] * 762)
+    palette.putdata([0, 1])
+    palette.info["transparency"] = 0
+    assert decoded_equal(imf.decode_image(png(palette, transparency=0)), [[[255, 0, 0], [0, 0, 255]]])
+    deep = Image.fromarray(np.array([[0, 0x1234, 0xFFFF]], dtype=np.uint16))
+    assert decoded_equal(imf.decode_image(png(deep)), [[[0] * 3, [0x12] * 3, [0xFF] * 3]])
+    cmyk = Image.new("CMYK", (8, 8), (0, 255, 255, 0))  # no cyan/black, full magenta + yellow: red
+    red = imf.decode_image(jpeg_bytes(cmyk, quality=100))
+    assert red.shape == (8, 8, 3) and np.abs(red.astype(int) - [255, 0, 0]).max() <= 3
+
+
+def png(image: Image.Image, **info) -> bytes:
+    out = io.BytesIO()
+    image.save(out, format="PNG", **info)
+    return out.getvalue()
+
+
+def decoded_equal(array: np.ndarray, expected) -> bool:
+    return array.dtype == np.uint8 and np.array_equal(array, np.array(expected, dtype=np.uint8))
+
+
+def test_corrupt_images_raise_when_decoded():
+    good = jpeg_bytes(random_image(np.random.default_rng(0), 40, 30))
+    for bad in (good[: len(good) // 2], b"not an image at all"):
+        with pytest.raises(Exception):  # noqa: B017 - any decoder error; the dataset reports it by name
+            imf.decode_image(bad)
+
+
+# ------------------------------------------------------------------------------------------ the command
+
+
+def test_features_h5_tsv_and_record(tmp_path, weights):
+    ids = [3, 1, 9, 4, 7]
+    zipped = coco_zip(tmp_path / "train2014.zip", ids, seed=2)
+    data = tmp_path / "data"
+    data.mkdir()
+    run(flags([zipped], weights, data, "--block-size", "2", "--batch-size", "3", "--tsv", "--select", "lxmert"))
+    processed = data / "processed"
+    arrays = h5_arrays(processed / FEATURES_FILE)
+    assert arrays["image_id"].tolist() == sorted(ids)
+    import zipfile
+    with zipfile.ZipFile(zipped) as zf:
+        for row, image_id in enumerate(sorted(ids)):
+            want = fake_output(decoded(zf.read(f"train2014/{coco_name(image_id)}")), "lxmert")
+            np.testing.assert_array_equal(arrays["features"][row], want["features"])
+            np.testing.assert_array_equal(arrays["boxes"][row], want["boxes"])
+            assert (arrays["image_w"][row], arrays["image_h"][row]) == (want["image_w"], want["image_h"])
+    lines = (processed / imf.TSV_NAME).read_bytes().split(b"\r\n")
+    assert lines[-1] == b"" and len(lines) == len(ids) + 1
+    for row, line in enumerate(lines[:-1]):
+        tsv = decode_row(line)
+        assert tsv.image_id == arrays["image_id"][row]
+        np.testing.assert_array_equal(tsv.features, arrays["features"][row])
+        np.testing.assert_array_equal(tsv.boxes, arrays["boxes"][row])
+    record = read_record(record_path(processed, "features"))
+    assert record["params"] == {"form": "extracted", "select": "lxmert", "weights_sha256": record["params"][
+        "weights_sha256"], "amp": "none", "fp16": False}
+    import hashlib
+    assert record["params"]["weights_sha256"] == hashlib.sha256((weights / "pytorch_model.bin").read_bytes()
+                                                                 ).hexdigest()
+    assert record["inputs"]["images"]["count"] == len(ids) and record["failed_images"] == []
+    assert features_problem(processed) is None
+    assert not (processed / imf.WORK_DIR).exists()
+    # the same command again does nothing
+    again = FakeDetector()
+    messages = []
+    run(flags([zipped], weights, data, "--block-size", "2", "--tsv", "--select", "lxmert"), again, messages.append)
+    assert again.images == 0 and any(m.startswith("skip:") for m in messages)
+    # a TSV asked for later is written from features.h5, the same bytes, nothing extracted again
+    tsv = (processed / imf.TSV_NAME).read_bytes()
+    (processed / imf.TSV_NAME).unlink()
+    run(flags([zipped], weights, data, "--block-size", "2", "--tsv", "--select", "lxmert"), again)
+    assert again.images == 0 and (processed / imf.TSV_NAME).read_bytes() == tsv
+    # another selection would replace an extraction: refused without --force
+    with pytest.raises(VQAError, match="already exists, extracted with other .* pass --force"):
+        run(flags([zipped], weights, data))
+    half = FakeDetector()
+    run(flags([zipped], weights, data, "--force", "--fp16", "--amp", "bf16"), half)
+    arrays = h5_arrays(processed / FEATURES_FILE)
+    assert arrays["features"].dtype == np.float16 and features_problem(processed) is None
+    assert half.amps == {"bf16"} and read_record(record_path(processed, "features"))["params"]["amp"] == "bf16"
+
+
+def test_corrupt_images_are_named_the_run_goes_on_and_ends_in_error(tmp_path, weights):
+    rng = np.random.default_rng(3)
+    good = {i: jpeg_bytes(random_image(rng)) for i in (1, 2, 5)}
+    members = {f"train2014/{coco_name(i)}": data for i, data in good.items()}
+    members[f"train2014/{coco_name(3)}"] = good[1][: len(good[1]) // 2]  # truncated JPEG
+    members[f"train2014/{coco_name(4)}"] = b"<html>not an image</html>"
+    members[f"train2014/{coco_name(6)}"] = jpeg_bytes(random_image(rng, 4, 20))  # the detector refuses it
+    zipped = write_zip(tmp_path / "train2014.zip", members)
+    data = tmp_path / "data"
+    data.mkdir()
+    with pytest.raises(VQAError) as error:
+        run(flags([zipped], weights, data, "--block-size", "3", "--tsv"))
+    message = str(error.value)
+    assert "\n" not in message and message.startswith("3 images could not be used")
+    for image_id in (3, 4, 6):
+        assert f"{zipped}:train2014/{coco_name(image_id)}" in message
+    assert "fewer than 4 boxes" in message
+    processed = data / "processed"
+    assert h5_arrays(processed / FEATURES_FILE)["image_id"].tolist() == [1, 2, 5]  # written before the error
+    assert features_problem(processed) is None and (processed / imf.TSV_NAME).is_file()
+    assert [f[0] for f in read_record(record_path(processed, "features"))["failed_images"]] == [3, 4, 6]
+    with pytest.raises(VQAError, match="^3 images could not be used"):  # said again by a rerun that skips
+        run(flags([zipped], weights, data, "--block-size", "3", "--tsv"))
+
+
+def test_checks_before_work(tmp_path, weights, monkeypatch):
+    zipped = coco_zip(tmp_path / "train2014.zip", [1, 2])
+    data = tmp_path / "data"
+    data.mkdir()
+    with pytest.raises(VQAError, match="pytorch_model.bin: missing"):
+        run(flags([zipped], tmp_path, data))
+    with pytest.raises(VQAError, match="not a readable zip"):
+        run(flags([weights / "config.yaml"], weights, data))
+    # a features.h5 made from a feature copy is not replaced without --force
+    (data / "processed").mkdir()
+    (data / "processed" / FEATURES_FILE).write_bytes(b"from a copy")
+    with pytest.raises(VQAError, match="unknown origin .* pass --force"):
+        run(flags([zipped], weights, data))
+    monkeypatch.setattr(imf.shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(10, 10, 100))
+    detector = FakeDetector()
+    with pytest.raises(VQAError, match=r"extraction needs about .* GB free .* but 0.00 GB is free"):
+        run(flags([zipped], weights, data, "--force"), detector)
+    assert detector.images == 0
+
+
+# ------------------------------------------------------------------------------------------ resume, torchrun
+
+
+def _env(**extra: str) -> dict[str, str]:
+    return dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1", **extra)
+
+
+def test_resume_after_kill_9_recomputes_no_finished_block_and_gives_the_same_bytes(tmp_path, weights):
+    ids = list(range(100, 124))
+    zipped = coco_zip(tmp_path / "train2014.zip", ids, seed=4)
+    args = ["--block-size", "4", "--batch-size", "2", "--tsv"]
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    whole.mkdir()
+    killed.mkdir()
+    run(flags([zipped], weights, whole, *args))
+    count = tmp_path / "count.txt"
+    proc = subprocess.Popen([sys.executable, str(FAKES), *flags([zipped], weights, killed, *args),
+                             "--num-workers", "1", "--device", "cpu", "--no-progress"],
+                            env=_env(FAKE_DETECTOR_DELAY="0.1", FAKE_DETECTOR_COUNT=str(count)),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    blocks = []
+    deadline = time.time() + 60
+    while len(blocks) < 2 and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+        blocks = list((killed / "processed" / imf.WORK_DIR).glob("*/block_*.npz"))
+    assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    done = len(list((killed / "processed" / imf.WORK_DIR).glob("*/block_*.npz")))
+    assert 2 <= done < len(ids) // 4 and not (killed / "processed" / FEATURES_FILE).exists()
+    assert sum(map(int, count.read_text().split())) >= 4 * done
+    resumed = FakeDetector()
+    messages = []
+    run(flags([zipped], weights, killed, *args), resumed, messages.append)
+    assert resumed.images == len(ids) - 4 * done  # no finished block computed again
+    assert any(m.startswith(f"resuming: {done} of 6 blocks") for m in messages)
+    for name in (FEATURES_FILE, imf.TSV_NAME):  # byte-identical to the uninterrupted run
+        assert (killed / "processed" / name).read_bytes() == (whole / "processed" / name).read_bytes()
+
+
+def test_a_kill_between_assembly_and_record_is_finished_by_the_next_run(tmp_path, weights, monkeypatch):
+    zipped = coco_zip(tmp_path / "train2014.zip", [1, 2, 3], seed=7)
+    data = tmp_path / "data"
+    data.mkdir()
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as patch:
+        patch.setattr(imf, "make_record", killed)
+        with pytest.raises(KeyboardInterrupt):
+            run(flags([zipped], weights, data))
+    processed = data / "processed"
+    assert (processed / FEATURES_FILE).is_file() and features_problem(processed) is not None
+    again = FakeDetector()
+    run(flags([zipped], weights, data), again)
+    assert again.images == 0 and features_problem(processed) is None
+    assert not (processed / imf.WORK_DIR).exists()
+
+
+def test_two_torchrun_ranks_write_the_file_of_one_process(tmp_path, weights):
+    zipped = coco_zip(tmp_path / "train2014.zip", range(1, 12), seed=5)
+    one, two = tmp_path / "one", tmp_path / "two"
+    one.mkdir()
+    two.mkdir()
+    args = ["--block-size", "3", "--batch-size", "2"]
+    run(flags([zipped], weights, one, *args))
+    count = tmp_path / "count.txt"
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                           str(FAKES), *flags([zipped], weights, two, *args), "--device", "cpu", "--no-progress"],
+                          env=_env(FAKE_DETECTOR_COUNT=str(count), VQA_CP_COLLECTIVE_TIMEOUT="60"),
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (two / "processed" / FEATURES_FILE).read_bytes() == (one / "processed" / FEATURES_FILE).read_bytes()
+    assert sum(map(int, count.read_text().split())) == 11  # disjoint shares: every image once
+    records = [read_record(record_path(d / "processed", "features")) for d in (one, two)]
+    assert records[0]["params"] == records[1]["params"] and records[0]["inputs"] == records[1]["inputs"]
+
+
+# ------------------------------------------------------------------------------------------ main.py on the result
+
+
+@pytest.mark.slow
+def test_main_trains_on_extracted_features(toy_data, tmp_path, weights):
+    data = tmp_path / "data"
+    shutil.copytree(toy_data, data)
+    with h5py.File(data / "processed" / FEATURES_FILE, "r") as h5:
+        ids = h5["image_id"][:].tolist()
+    zipped = coco_zip(tmp_path / "train2014.zip", ids, seed=6)
+    with pytest.raises(VQAError, match="made from a feature copy"):
+        run(flags([zipped], weights, data))
+    run(flags([zipped], weights, data, "--force", "--block-size", "64", "--batch-size", "16"))
+    from tests.conftest import tiny_args
+    from vqa_cp.training import main as train
+    results = train(tiny_args(data, tmp_path / "run"))
+    assert results["history"][-1]["epoch"] == 1
+    assert json.loads((tmp_path / "run" / "results.json").read_text())
+
+
+# ------------------------------------------------------------------------------------------ the real detector
+
+# random weights, a small input and few proposals: seconds on a CPU
+TINY_DETECTOR = {"MIN_SIZE_TEST": 96, "MAX_SIZE_TEST": 128, "PRE_NMS_TOPK_TEST": 200, "POST_NMS_TOPK_TEST": 40,
+                 "POOLER_RESOLUTION": 7}
+
+
+@pytest.fixture(scope="module")
+def random_detector(tmp_path_factory) -> Path:
+    from vqa_cp.extraction import write_random_detector
+    return write_random_detector(tmp_path_factory.mktemp("detector"), seed=0, **TINY_DETECTOR)
+
+
+def _detector_zip(path: Path) -> tuple[Path, dict[int, np.ndarray]]:
+    rng = np.random.default_rng(8)
+    # two images of two sizes in one batch (padded together); each new size costs the CPU kernels a warm-up
+    images = {11: random_image(rng, 64, 48), 4: random_image(rng, 48, 64)}
+    data = {i: jpeg_bytes(image) for i, image in images.items()}
+    write_zip(path, {f"val2014/{coco_name(i, 'val2014')}": b for i, b in data.items()})
+    return path, {i: decoded(b) for i, b in data.items()}
+
+
+def _check_against_direct(h5_path: Path, images: dict[int, np.ndarray], detector, amp=None) -> None:
+    """features.h5 rows equal the detector's results for one image at a time (batched = one at a time)."""
+    arrays = h5_arrays(h5_path)
+    assert arrays["image_id"].tolist() == sorted(images)
+    assert arrays["features"].shape == (len(images), detector.num_boxes, detector.feature_dim)
+    for row, image_id in enumerate(sorted(images)):
+        image = images[image_id]
+        want = detector.extract([image], select="caffe", amp=amp)[0]
+        np.testing.assert_allclose(arrays["features"][row], want["features"], rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(arrays["boxes"][row], want["boxes"], rtol=1e-5, atol=1e-4)
+        boxes = arrays["boxes"][row]
+        h, w = image.shape[:2]
+        assert (boxes[:, 0] >= 0).all() and (boxes[:, 2] <= w).all() and (boxes[:, 1] >= 0).all()
+        assert (boxes[:, 3] <= h).all() and (boxes[:, :2] <= boxes[:, 2:]).all()
+    assert np.isfinite(arrays["features"]).all()
+
+
+def test_end_to_end_with_random_weights(tmp_path, random_detector):
+    zipped, images = _detector_zip(tmp_path / "val2014.zip")
+    data = tmp_path / "data"
+    data.mkdir()
+    loaded = []
+
+    def load(folder, device):
+        loaded.append(imf.load_detector(folder, device))  # the command's own loader
+        return loaded[-1]
+
+    imf.main(flags([zipped], random_detector, data, "--batch-size", "2", "--block-size", "2", "--device", "cpu",
+                   "--no-progress"), make_detector=load, log=lambda message: None)
+    processed = data / "processed"
+    assert features_problem(processed) is None
+    record = read_record(record_path(processed, "features"))
+    assert record["params"]["select"] == "caffe" and record["params"]["amp"] == "none"
+    _check_against_direct(processed / FEATURES_FILE, images, loaded[0])
+    from vqa_cp.features import FeatureStore
+    store = FeatureStore(processed / FEATURES_FILE)  # what training reads
+    assert (len(store), store.num_boxes, store.dim) == (2, 36, 2048)
+
+
+@pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("amp", ["none", "bf16"])
+def test_cuda_extraction_matches_the_cpu(tmp_path, random_detector, amp):
+    """On the GPU (bench/gpu_check.sh): the command with --device cuda against the CPU detector."""
+    from bench.bench_extract_features import amp_effect
+    from vqa_cp.extraction import BottomUpDetector
+    zipped, images = _detector_zip(tmp_path / "val2014.zip")
+    data = tmp_path / "data"
+    data.mkdir()
+    imf.main(flags([zipped], random_detector, data, "--batch-size", "2", "--device", "cuda", "--amp", amp,
+                   "--num-workers", "2", "--no-progress"), log=lambda message: None)
+    arrays = h5_arrays(data / "processed" / FEATURES_FILE)
+    cpu = BottomUpDetector.from_pretrained(random_detector)
+    want = [cpu.extract([images[i]], select="caffe")[0] for i in sorted(images)]
+    got = [{"boxes": b, "features": f} for b, f in zip(arrays["boxes"], arrays["features"])]
+    agreement = amp_effect(want, got)
+    print(f"cuda {amp} against the CPU float32:", agreement)
+    assert np.isfinite(arrays["features"]).all() and arrays["image_id"].tolist() == sorted(images)
+    assert agreement["boxes_found_again"] >= 0.8 and agreement["cosine_mean"] >= (0.99 if amp == "none" else 0.9)
+
+
+def test_the_command_line_front_ends_in_one_line(tmp_path):
+    proc = subprocess.run([sys.executable, str(ROOT / "tools" / "extract_features.py"), "--images",
+                           str(tmp_path / "train2014.zip"), "--weights", str(tmp_path), "--data", str(tmp_path)],
+                          capture_output=True, text=True, env=_env(), timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == f"error: image source not found: {tmp_path / 'train2014.zip'} (give a folder of " \
+                                  "images or a zip such as train2014.zip)"
