@@ -54,6 +54,7 @@ READ_BLOCK = 64  # HDF5 rows read per step
 SPATIAL_TOLERANCE = 4e-7  # relative: float32 rounding of x / w
 TRAILING_DIGITS = re.compile(rb"(\d+)$")
 RELEASE_IMAGES = 123_287
+EOCD_SEARCH = 22 + 65535  # the end record and the longest comment
 NAME_PATTERNS = ("*.tsv", "*.hdf5", "*.h5", "*_imgid2idx.pkl", "*_imgid2img.pkl", "*.zip")
 
 
@@ -149,12 +150,26 @@ def find_feature_files(root: Path) -> list[Path]:
     return sorted(found + sorted(npz_dirs))
 
 
+def zip_intact(path: Path) -> bool:
+    """True when the zip's end-of-central-directory record ends the file (a truncated zip of .npz files would
+    otherwise open on the record of an inner .npz, itself a zip)."""
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        f.seek(max(0, size - EOCD_SEARCH))
+        tail = f.read()
+    at = tail.rfind(b"PK\x05\x06")
+    return at >= 0 and at + 22 + int.from_bytes(tail[at + 20:at + 22], "little") == len(tail)
+
+
 def _zip_holds_npz(path: Path) -> bool:
+    """A zip of .npz files, or a damaged zip (kept, so that `identify_copy` refuses it by name)."""
+    if not zip_intact(path):
+        return True
     try:
         with zipfile.ZipFile(path) as z:
             return any(name.endswith(".npz") for name in z.namelist())
     except (zipfile.BadZipFile, OSError):
-        return path.name.endswith("npz.zip") or "npz" in path.name
+        return True
 
 
 def _stem_kind(path: Path) -> str:
@@ -452,7 +467,7 @@ def _h5_parts(copy: FeatureCopy) -> list[tuple[Path, Path]]:
     return [(p, _index_file(p, copy.files)) for p in h5s]
 
 
-def recover_sizes(path: Path, image_id: int, boxes: np.ndarray, spatial: np.ndarray) -> tuple[int, int]:
+def recover_sizes(where: str, boxes: np.ndarray, spatial: np.ndarray) -> tuple[int, int]:
     """(w, h) from boxes (x1, y1, x2, y2 pixels) and spatial features (x1/w, y1/h, x2/w, y2/h, bw/w, bh/h):
     w = round(bw / (bw/w)) at the widest box, checked against every box's four coordinates."""
     sizes = []
@@ -460,13 +475,13 @@ def recover_sizes(path: Path, image_id: int, boxes: np.ndarray, spatial: np.ndar
         extent = boxes[:, 2 + c].astype(np.float64) - boxes[:, c]
         i = int(np.argmax(extent))
         if not extent[i] > 0 or not spatial[i, 4 + c] > 0:
-            raise VQAError(f"{path}: image_id {image_id}: no box with a positive extent to recover the image size")
+            raise VQAError(f"{where}: no box with a positive extent to recover the image size")
         sizes.append(int(round(extent[i] / float(spatial[i, 4 + c]))))
     w, h = sizes
     want = np.concatenate([boxes / np.array([w, h, w, h], dtype=np.float64),
                            (boxes[:, 2:] - boxes[:, :2]) / np.array([w, h], dtype=np.float64)], axis=1)
     if not np.allclose(spatial, want, rtol=SPATIAL_TOLERANCE, atol=1e-7):
-        raise VQAError(f"{path}: image_id {image_id}: spatial_features disagree with image_bb for any image size "
+        raise VQAError(f"{where}: spatial_features disagree with image_bb for any image size "
                        f"(recovered {w} x {h})")
     return w, h
 
@@ -526,7 +541,7 @@ def _h5_rows(h5: h5py.File, path: Path, id_of_row: np.ndarray, has_boxes: bool, 
                 if not np.isfinite(bb[i]).all() or not np.isfinite(sp[i]).all():
                     raise VQAError(f"{where} (image_id {image_id}): image_bb or spatial_features hold NaN or "
                                    "infinite values")
-                w, h = recover_sizes(path, image_id, bb[i], sp[i])
+                w, h = recover_sizes(f"{where} (image_id {image_id})", bb[i], sp[i])
                 yield where, Row(image_id, w, h, bb[i], block[i])
             else:
                 yield where, Row(image_id, None, None, None, block[i])
@@ -536,12 +551,14 @@ def _h5_rows(h5: h5py.File, path: Path, id_of_row: np.ndarray, has_boxes: bool, 
 
 
 def _npz_members(copy: FeatureCopy) -> list[tuple[str, Callable[[], bytes], Path]]:
-    """(name, read bytes, container) of every .npz file of the copy (folders and zips), sorted by name."""
+    """(name, read bytes, where) of every .npz file of the copy (folders and zips), sorted by name."""
     members = []
     for p in copy.files:
         if p.is_dir():
-            members += [(f.name, f.read_bytes, p) for f in sorted(p.glob("*.npz"))]
+            members += [(f.name, f.read_bytes, str(f)) for f in sorted(p.glob("*.npz"))]
         else:
+            if not zip_intact(p):
+                raise VQAError(f"{p}: not a readable zip (truncated: no end record at its end)")
             try:
                 with zipfile.ZipFile(p) as z:
                     bad = z.testzip() if p.stat().st_size < (1 << 26) else None
@@ -550,7 +567,7 @@ def _npz_members(copy: FeatureCopy) -> list[tuple[str, Callable[[], bytes], Path
                 raise VQAError(f"{p}: not a readable zip (truncated?): {exc}") from None
             if bad is not None:
                 raise VQAError(f"{p}: member {bad} is damaged (CRC mismatch; truncated?)")
-            members += [(n, _zip_reader(p, n), p) for n in names]
+            members += [(n, _zip_reader(p, n), f"{p}: member {n}") for n in names]
     if not members:
         raise VQAError(f"{copy.files[0]}: holds no .npz files")
     return members
@@ -586,20 +603,18 @@ def load_npz(data: bytes, where: str) -> Row:
 
 def _npz_reader(copy: FeatureCopy, check_only: bool) -> Reader | None:
     members = _npz_members(copy)
-    ids = np.array([image_id_of(Path(name).stem, f"{container}: {name}") for name, _, container in members],
-                   dtype=np.int64)
-    first = load_npz(members[0][1](), f"{members[0][2]}: {members[0][0]}")
+    ids = np.array([image_id_of(Path(name).stem, where) for name, _, where in members], dtype=np.int64)
+    first = load_npz(members[0][1](), members[0][2])
     if check_only:
         return None
     k, d = first.features.shape
     digest = hashlib.sha256()
 
     def rows(progress: bool) -> Iterator[tuple[str, Row]]:
-        for (name, read, container), image_id in tqdm(list(zip(members, ids.tolist())), desc="npz files",
+        for (name, read, where), image_id in tqdm(list(zip(members, ids.tolist())), desc="npz files",
                                                       unit="file", disable=not progress, leave=False):
             data = read()
             digest.update(f"{name}\t{hashlib.sha256(data).hexdigest()}\n".encode())
-            where = f"{container}: {name}"
             row = load_npz(data, where)
             row.image_id = image_id
             yield where, row
