@@ -21,7 +21,9 @@ import binascii
 import hashlib
 import io
 import pickle
+import queue
 import re
+import threading
 import zipfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -89,7 +91,33 @@ class Reader:
     has_boxes: bool
     has_image_size: bool
     rows: Callable[[bool], Iterator[tuple[str, Row]]]
-    digests: dict[Path, hashlib._Hash] = field(default_factory=dict)  # filled while `rows` runs (else None)
+    digests: dict[Path, BackgroundDigest] = field(default_factory=dict)  # fed while `rows` runs
+
+
+class BackgroundDigest:
+    """SHA-256 fed from the reading thread but computed in another (hashlib releases the GIL on large buffers,
+    so hashing overlaps decoding); `hexdigest()` waits for every byte given so far."""
+
+    def __init__(self) -> None:
+        self._hash = hashlib.sha256()
+        self._queue: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        self._done: str | None = None
+
+    def _run(self) -> None:
+        while (data := self._queue.get()) is not None:
+            self._hash.update(data)
+
+    def update(self, data: bytes) -> None:
+        self._queue.put(data)
+
+    def hexdigest(self) -> str:
+        if self._done is None:
+            self._queue.put(None)
+            self._thread.join()
+            self._done = self._hash.hexdigest()
+        return self._done
 
 
 # ----------------------------------------------------------------------------- sniffing and detection
@@ -413,7 +441,7 @@ def _tsv_reader(copy: FeatureCopy, check_only: bool, progress: bool = True) -> R
         return None
     indexes = [tsv_index(p, copy.form, dim, progress) for p in copy.files]
     image_ids = np.concatenate([ids for ids, _ in indexes])
-    digests = {p: hashlib.sha256() for p in copy.files}
+    digests = {p: BackgroundDigest() for p in copy.files}
 
     def rows(progress: bool) -> Iterator[tuple[str, Row]]:
         for p in copy.files:
@@ -608,7 +636,7 @@ def _npz_reader(copy: FeatureCopy, check_only: bool) -> Reader | None:
     if check_only:
         return None
     k, d = first.features.shape
-    digest = hashlib.sha256()
+    digest = BackgroundDigest()
 
     def rows(progress: bool) -> Iterator[tuple[str, Row]]:
         for (name, read, where), image_id in tqdm(list(zip(members, ids.tolist())), desc="npz files",
