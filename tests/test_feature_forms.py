@@ -271,3 +271,36 @@ def test_visualize_says_this_copy_has_no_boxes(generated: dict[str, Path], tmp_p
     with pytest.raises(VQAError, match=r"features\.h5: this copy of the features \(form hdf5_trainval36\) has no "
                                        r"boxes"):
         read_boxes(processed_dir(data) / "features.h5", np.array([0, 1]))
+
+
+def test_image_sizes_recovered_exactly_from_spatial_features() -> None:
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        w, h = (int(x) for x in rng.integers(100, 1500, 2))
+        corner = rng.random((36, 2)) * 0.5 * [w, h]
+        boxes = np.concatenate([corner, corner + rng.random((36, 2)) * 0.45 * [w, h] + 1], axis=1).astype(np.float32)
+        row = forms.Row(1, w, h, boxes, np.zeros((36, 1), dtype=np.float32))
+        spatial = forms._spatial(row).astype(np.float32)  # as the HDF5 converters store it
+        assert forms.recover_sizes("x", boxes, spatial) == (w, h)
+    with pytest.raises(VQAError, match=r"x: spatial_features disagree with image_bb"):
+        forms.recover_sizes("x", boxes, spatial * np.float32(1.01))
+
+
+def test_duplicate_image_ids_are_refused(tmp_path: Path) -> None:
+    write_raw(tmp_path)
+    images = make_images((1, 2, 3, 2))
+    write_tsv(tsv_path(tmp_path), [tsv_line(im) for im in images])
+    with pytest.raises(VQAError, match=r"genome_36\.tsv: duplicate image_id 2"):
+        process_features(tmp_path, log=quiet, progress=False)
+    assert not (processed_dir(tmp_path) / "features.h5").exists()
+
+
+def test_make_toy_data_writes_the_form(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from tools.make_toy_data import main
+
+    main(["--out", str(tmp_path / "d"), "--images", "20", "--boxes", "12", "--feature-dim", "16",
+          "--features-form", "hdf5_split36"])
+    names = sorted(p.name for p in (tmp_path / "d" / "features").iterdir())
+    assert names == ["train36.hdf5", "train36_imgid2idx.pkl", "val36.hdf5", "val36_imgid2idx.pkl"]
+    assert not (tmp_path / "d" / "trainval_36").exists()
+    assert forms.identify_copy(forms.form_files(tmp_path / "d")).form == "hdf5_split36"

@@ -26,6 +26,7 @@ import re
 import threading
 import zipfile
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -91,7 +92,7 @@ class Reader:
     has_boxes: bool
     has_image_size: bool
     rows: Callable[[bool], Iterator[tuple[str, Row]]]
-    digests: dict[Path, BackgroundDigest] = field(default_factory=dict)  # fed while `rows` runs
+    digests: dict[Path, BackgroundDigest | FilesDigest] = field(default_factory=dict)  # fed while `rows` runs
 
 
 class BackgroundDigest:
@@ -118,6 +119,25 @@ class BackgroundDigest:
             self._thread.join()
             self._done = self._hash.hexdigest()
         return self._done
+
+
+class FilesDigest:
+    """One SHA-256 over many files: sha256 of the lines "name<TAB>sha256 of the file" in the order given, each
+    file hashed in another thread while the reading thread decodes it."""
+
+    def __init__(self) -> None:
+        self._pool = ThreadPoolExecutor(max_workers=1)
+        self._parts: list[tuple[str, Future]] = []
+
+    def add(self, name: str, data: bytes) -> None:
+        self._parts.append((name, self._pool.submit(lambda: hashlib.sha256(data).hexdigest())))
+
+    def hexdigest(self) -> str:
+        combined = hashlib.sha256()
+        for name, part in self._parts:
+            combined.update(f"{name}\t{part.result()}\n".encode())
+        self._pool.shutdown()
+        return combined.hexdigest()
 
 
 # ----------------------------------------------------------------------------- sniffing and detection
@@ -611,18 +631,46 @@ def _zip_reader(path: Path, name: str) -> Callable[[], bytes]:
     return read
 
 
+_NPY_HEADERS: dict[bytes, tuple[np.dtype, tuple[int, ...], bool]] = {}  # one producer: few distinct headers
+
+
+def _npy_array(data: bytes, where: str, key: str) -> np.ndarray:
+    """A .npy member's array, parsed once per distinct header (np.load parses every header anew); an object
+    dtype (which needs pickle) is refused."""
+    end = data.find(b"\n") + 1
+    head = data[:end]
+    if head not in _NPY_HEADERS:
+        fp = io.BytesIO(data)
+        version = np.lib.format.read_magic(fp)
+        read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else \
+            np.lib.format.read_array_header_2_0
+        shape, fortran, dtype = read_header(fp)
+        if fp.tell() != end:
+            raise ValueError("unexpected .npy header length")
+        if dtype.hasobject:
+            raise VQAError(f"{where}: {key} is an object array (needs pickle; refused)")
+        _NPY_HEADERS[head] = (dtype, shape, fortran)
+    dtype, shape, fortran = _NPY_HEADERS[head]
+    count = int(np.prod(shape))
+    if len(data) - end != count * dtype.itemsize:
+        raise ValueError(f"{key}: {len(data) - end} bytes for shape {shape} {dtype}")
+    array = np.frombuffer(data, dtype=dtype, count=count, offset=end)
+    return array.reshape(shape, order="F" if fortran else "C")
+
+
 def load_npz(data: bytes, where: str) -> Row:
-    """One bottom-up-attention.pytorch .npz (x, bbox, num_bbox, image_h, image_w; `info` is never loaded)."""
+    """One bottom-up-attention.pytorch .npz (x, bbox, num_bbox, image_h, image_w; `info` is never read)."""
     try:
-        with np.load(io.BytesIO(data), allow_pickle=False) as npz:
-            missing = [k for k in NPZ_KEYS if k not in npz.files]
+        with zipfile.ZipFile(io.BytesIO(data)) as z:
+            names = z.namelist()
+            missing = [k for k in NPZ_KEYS if f"{k}.npy" not in names]
             if missing:
-                raise VQAError(f"{where}: lacks {', '.join(missing)} (keys: {', '.join(npz.files)})")
-            x, bbox = npz["x"], npz["bbox"]
-            num, h, w = int(npz["num_bbox"]), int(npz["image_h"]), int(npz["image_w"])
+                raise VQAError(f"{where}: lacks {', '.join(missing)} (keys: {', '.join(n[:-4] for n in names)})")
+            x, bbox, num, h, w = (_npy_array(z.read(f"{k}.npy"), where, k) for k in NPZ_KEYS)
+            num, h, w = int(num), int(h), int(w)
     except VQAError:
         raise
-    except (ValueError, OSError, zipfile.BadZipFile, EOFError, KeyError) as exc:
+    except (ValueError, TypeError, OSError, zipfile.BadZipFile, EOFError, KeyError) as exc:
         raise VQAError(f"{where}: not a readable .npz (truncated?): {' '.join(str(exc).split())}") from None
     if x.ndim != 2 or bbox.shape != (num, 4) or x.shape[0] != num:
         raise VQAError(f"{where}: x {x.shape} and bbox {bbox.shape} do not match num_bbox {num}")
@@ -636,13 +684,13 @@ def _npz_reader(copy: FeatureCopy, check_only: bool) -> Reader | None:
     if check_only:
         return None
     k, d = first.features.shape
-    digest = BackgroundDigest()
+    digest = FilesDigest()
 
     def rows(progress: bool) -> Iterator[tuple[str, Row]]:
         for (name, read, where), image_id in tqdm(list(zip(members, ids.tolist())), desc="npz files",
                                                       unit="file", disable=not progress, leave=False):
             data = read()
-            digest.update(f"{name}\t{hashlib.sha256(data).hexdigest()}\n".encode())
+            digest.add(name, data)
             row = load_npz(data, where)
             row.image_id = image_id
             yield where, row
