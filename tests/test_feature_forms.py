@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import os
 import pickle
@@ -21,7 +22,7 @@ from vqa_cp.features import FEATURES_STEP, h5_summary, iter_tsv, process_feature
 from vqa_cp.files import write_json
 from vqa_cp.plotting import read_boxes
 from vqa_cp.processing import processed_dir
-from vqa_cp.provenance import DigestCache, file_entry, make_record, record_path
+from vqa_cp.provenance import DigestCache, file_entry, make_record, record_path, sha256_file
 from vqa_cp.toy import ToyConfig, generate_toy_data
 
 CONFIG = ToyConfig(seed=3, images=48, boxes=12, feature_dim=16, questions_per_image=2)
@@ -61,8 +62,16 @@ def test_every_form_gives_the_tsv_arrays(generated: dict[str, Path], tmp_path: P
         assert record["params"] == {"fp16": False, "form": form} and record["checks"]["images"] == CONFIG.images
         assert "48 images: not the full release's 123,287" in messages[1]
         results[form] = arrays(data)
+        for name, entry in record["inputs"].items():  # the digests taken while reading are the files' own
+            path = data / name
+            if path.is_dir():
+                listing = "".join(f"{f.name}\t{sha256_file(f)}\n" for f in sorted(path.glob("*.npz")))
+                assert entry["sha256"] == hashlib.sha256(listing.encode()).hexdigest()
+            else:
+                assert entry["sha256"] == sha256_file(path), name
+        messages.clear()
         process_features(data, log=messages.append, progress=False)
-        assert messages[-1].startswith("skip features")
+        assert messages[0].startswith("skip features") and "48 images: not the full release's" in messages[1]
     ref, ref_attrs = results["tsv"]
     assert np.all(np.diff(ref["image_id"]) > 0)  # canonical order: ascending image_id
     raw = {r.image_id: r for _, r in iter_tsv(tsv_path(Path(generated["tsv"])), progress=False)}
@@ -304,3 +313,36 @@ def test_make_toy_data_writes_the_form(tmp_path: Path, capsys: pytest.CaptureFix
     assert names == ["train36.hdf5", "train36_imgid2idx.pkl", "val36.hdf5", "val36_imgid2idx.pkl"]
     assert not (tmp_path / "d" / "trainval_36").exists()
     assert forms.identify_copy(forms.form_files(tmp_path / "d")).form == "hdf5_split36"
+
+
+def test_tsv_index_matches_a_full_scan(tmp_path: Path) -> None:
+    images = make_images((7, 3, 11, 5), num_boxes=4, dim=6)
+    lines = [tsv_line(im).encode() for im in images]
+    lines[1] = lines[1].replace(b"\n", b"\r\n")
+    lines[2] = tsv_line(images[2], num_boxes=3).encode()  # not as its header predicts: read through
+    path = tmp_path / "f.tsv"
+    path.write_bytes(lines[0] + b"\n" + b"".join(lines[1:]))
+    ids, offsets = forms.tsv_index(path, "tsv", 6, progress=False)
+    assert ids.tolist() == [7, 3, 11, 5]
+    starts = np.cumsum([0, len(lines[0]) + 1] + [len(x) for x in lines[1:3]])
+    assert offsets.tolist() == starts.tolist()
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "chunked_gzip"])
+def test_hdf5_read_once_or_through_h5py_gives_the_same(generated: dict[str, Path], tmp_path: Path,
+                                                       layout: str) -> None:
+    data = copy_of(generated, "hdf5_trainval36", tmp_path)
+    path = data / "features" / "trainval36.hdf5"
+    if layout == "chunked_gzip":  # no byte offset to read from: h5py reads it, a second read digests it
+        with h5py.File(path, "r") as h5:
+            values = h5["image_features"][:]
+        with h5py.File(path, "w") as h5:
+            h5.create_dataset("image_features", data=values, chunks=(2, 12, 16), compression="gzip")
+    assert (forms._raw_offset(path) is None) == (layout == "chunked_gzip")
+    process_features(data, log=quiet, progress=False)
+    reference = copy_of(generated, "tsv", tmp_path)
+    process_features(reference, log=quiet, progress=False)
+    np.testing.assert_array_equal(arrays(data)[0]["features"], arrays(reference)[0]["features"])
+    inputs = forms_record(data)["inputs"]
+    for name in ("features/trainval36.hdf5", "features/trainval36_imgid2idx.pkl"):
+        assert inputs[name]["sha256"] == sha256_file(data / name)

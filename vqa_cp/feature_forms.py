@@ -51,7 +51,7 @@ LXMERT_FIELDS = ("img_id", "img_h", "img_w", "objects_id", "objects_conf", "attr
                  "boxes", "features")
 HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
 ZIP_MAGIC = b"PK\x03\x04"
-HEAD_BYTES = 16384  # a TSV row's fields before `features` fit in this (36 boxes: about 2 KB)
+HEAD_BYTES = 8192  # a TSV row's fields before `features` fit in this (36 boxes: about 2 KB)
 SNIFF_BYTES = 512
 READ_BLOCK = 64  # HDF5 rows read per step
 SPATIAL_TOLERANCE = 4e-7  # relative: float32 rounding of x / w
@@ -354,41 +354,50 @@ def _check_tail(path: Path) -> None:
             raise VQAError(f"{path}: truncated (the last row does not end in a newline)")
 
 
+def _row_end(head: bytes, pos: int, nfields: int, kcol: int, dim: int) -> int | None:
+    """Predicted end (offset of the terminator) of the row at `pos` whose first bytes are `head`."""
+    parts = head.split(b"\t", nfields - 1)
+    if len(parts) < nfields:
+        return None
+    try:
+        k = int(parts[kcol])
+    except ValueError:
+        return None
+    return pos + sum(len(p) + 1 for p in parts[:-1]) + _b64_len(k * dim * 4)
+
+
 def tsv_index(path: Path, form: str, dim: int, progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """(image ids, byte offsets) of a TSV's rows without reading the features: each row's end is predicted
-    from its header (num_boxes x `dim` float32 = a known base64 length) and confirmed by one read of the
-    bytes there; a row that is not as predicted is found by reading it (the conversion pass checks it)."""
+    from its header (num_boxes x `dim` float32 = a known base64 length), and one read there confirms the
+    terminator and brings the next row's header; a row that is not as predicted is read through to its end
+    (the conversion pass then reports it)."""
     nfields, kcol = _tsv_layout(form)
     size = path.stat().st_size
     ids, offsets = [], []
     pos = 0
     with open(path, "rb") as f, tqdm(total=size, unit="B", unit_scale=True, desc=f"index {path.name}",
                                      disable=not progress, leave=False) as bar:
+        head = f.read(HEAD_BYTES)
         while pos < size:
-            f.seek(pos)
-            head = f.read(HEAD_BYTES)
-            stripped = head.lstrip(b"\r\n")
-            if len(stripped) < len(head):  # blank lines
-                pos += len(head) - len(stripped)
+            blank = len(head) - len(head.lstrip(b"\r\n"))
+            if blank:  # blank lines between rows
+                pos += blank
+                f.seek(pos)
+                head = f.read(HEAD_BYTES)
                 continue
-            parts = head.split(b"\t", nfields - 1)
-            end = None
-            if len(parts) == nfields:
-                try:
-                    k = int(parts[kcol])
-                    end = pos + sum(len(p) + 1 for p in parts[:-1]) + _b64_len(k * dim * 4)
-                except ValueError:
-                    end = None
+            ids.append(image_id_of(head.split(b"\t", 1)[0], f"{path}: row at byte {pos}"))
+            offsets.append(pos)
+            end = _row_end(head, pos, nfields, kcol, dim)
             nxt = None
             if end is not None and end < size:
                 f.seek(end)
-                tail = f.read(2)
-                nxt = end + 2 if tail == b"\r\n" else end + 1 if tail[:1] == b"\n" else None
+                block = f.read(2 + HEAD_BYTES)
+                cut = 2 if block[:2] == b"\r\n" else 1 if block[:1] == b"\n" else 0
+                nxt, head = (end + cut, block[cut:]) if cut else (None, head)
             if nxt is None:
                 f.seek(pos)
                 nxt = pos + len(f.readline())
-            ids.append(image_id_of(parts[0], f"{path}: row at byte {pos}") if len(parts) > 1 else -1)
-            offsets.append(pos)
+                head = f.read(HEAD_BYTES)
             bar.update(nxt - pos)
             pos = nxt
     return np.array(ids, dtype=np.int64), np.array(offsets, dtype=np.int64)
@@ -559,26 +568,59 @@ def _h5_reader(copy: FeatureCopy, check_only: bool) -> Reader | None:
         return None
     k, d = shape
     image_ids = np.concatenate([ids[np.argsort(rows)] for _, _, ids, rows in plan])
+    digests = {h5_path: BackgroundDigest() for h5_path, *_ in plan if _raw_offset(h5_path) is not None}
 
     def rows_of(progress: bool) -> Iterator[tuple[str, Row]]:
         for h5_path, _pkl, ids, rows in plan:
             id_of_row = ids[np.argsort(rows)]
             try:
                 with h5py.File(h5_path, "r") as h5:
-                    yield from _h5_rows(h5, h5_path, id_of_row, has_boxes, progress)
+                    yield from _h5_rows(h5, h5_path, id_of_row, has_boxes, digests.get(h5_path), progress)
             except OSError as exc:
                 raise VQAError(f"{h5_path}: read failed (truncated?): {' '.join(str(exc).split())}") from None
 
-    return Reader(copy, image_ids, k, d, has_boxes, has_boxes, rows_of)
+    return Reader(copy, image_ids, k, d, has_boxes, has_boxes, rows_of, digests)
 
 
-def _h5_rows(h5: h5py.File, path: Path, id_of_row: np.ndarray, has_boxes: bool, progress: bool
-             ) -> Iterator[tuple[str, Row]]:
+def _raw_offset(path: Path) -> int | None:
+    """Byte offset of image_features when it is stored contiguously, unfiltered, as little-endian float32 (as
+    the published conversions store it): then the file is read once, in order, hashed and sliced into rows."""
+    with h5py.File(path, "r") as h5:
+        feats = h5["image_features"]
+        if feats.chunks is None and feats.compression is None and feats.dtype == np.dtype("<f4"):
+            return feats.id.get_offset()
+    return None
+
+
+def _feature_blocks(h5: h5py.File, path: Path, digest: BackgroundDigest | None, progress: bool
+                    ) -> Iterator[tuple[int, np.ndarray]]:
+    """(first row, float32 [m, K, D]) blocks of image_features: by h5py, or with `digest` from one ordered read of
+    the whole file whose every byte is hashed."""
     feats = h5["image_features"]
-    n = feats.shape[0]
-    for start in tqdm(range(0, n, READ_BLOCK), desc=path.name, unit="block", disable=not progress, leave=False):
-        stop = min(start + READ_BLOCK, n)
-        block = np.asarray(feats[start:stop], dtype=np.float32)
+    n, k, d = feats.shape
+    starts = tqdm(range(0, n, READ_BLOCK), desc=path.name, unit="block", disable=not progress, leave=False)
+    if digest is None:
+        for start in starts:
+            yield start, np.asarray(feats[start:min(start + READ_BLOCK, n)], dtype=np.float32)
+        return
+    offset, row_bytes = feats.id.get_offset(), k * d * 4
+    with open(path, "rb") as f:
+        digest.update(f.read(offset))
+        for start in starts:
+            m = min(start + READ_BLOCK, n) - start
+            data = f.read(m * row_bytes)
+            if len(data) != m * row_bytes:
+                raise VQAError(f"{path}: row {start + len(data) // row_bytes}: image_features end early (truncated?)")
+            digest.update(data)
+            yield start, np.frombuffer(data, dtype="<f4").reshape(m, k, d)
+        while block := f.read(1 << 22):
+            digest.update(block)
+
+
+def _h5_rows(h5: h5py.File, path: Path, id_of_row: np.ndarray, has_boxes: bool, digest: BackgroundDigest | None,
+             progress: bool) -> Iterator[tuple[str, Row]]:
+    for start, block in _feature_blocks(h5, path, digest, progress):
+        stop = start + len(block)
         if has_boxes:
             bb = np.asarray(h5["image_bb"][start:stop], dtype=np.float32)
             sp = np.asarray(h5["spatial_features"][start:stop])

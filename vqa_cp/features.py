@@ -378,6 +378,8 @@ def process_features(data_dir: str | os.PathLike, fp16: bool = False, log=print,
             inputs = _input_entries(data_dir, copy, cache)
             if is_current(record, FEATURES_STEP, params, inputs) and features_problem(processed, cache) is None:
                 log(f"skip features: {h5_path} is up to date ({want}, from the {described})")
+                for note in record.get("checks", {}).get("notes", []):
+                    log(f"note: {note}")
                 return
         reader = forms.open_copy(copy, progress=progress)
         problem = forms.coverage_problem(data_dir, reader.image_ids, described)
