@@ -17,11 +17,12 @@ import pytest
 
 from tests.raw_fixtures import make_images, tsv_line, tsv_path, write_raw, write_tsv
 from vqa_cp import feature_forms as forms
+from vqa_cp.dataset import load_training_data
 from vqa_cp.errors import VQAError
 from vqa_cp.features import FEATURES_STEP, h5_summary, iter_tsv, process_features, write_features_h5
 from vqa_cp.files import write_json
 from vqa_cp.plotting import read_boxes
-from vqa_cp.processing import processed_dir
+from vqa_cp.processing import process_answers, process_text, processed_dir
 from vqa_cp.provenance import DigestCache, file_entry, make_record, record_path, sha256_file
 from vqa_cp.toy import ToyConfig, generate_toy_data
 
@@ -280,6 +281,12 @@ def test_visualize_says_this_copy_has_no_boxes(generated: dict[str, Path], tmp_p
     with pytest.raises(VQAError, match=r"features\.h5: this copy of the features \(form hdf5_trainval36\) has no "
                                        r"boxes"):
         read_boxes(processed_dir(data) / "features.h5", np.array([0, 1]))
+    process_text(data, log=quiet)  # training is unaffected
+    process_answers(data, log=quiet)
+    training = load_training_data(data)
+    image_ids, features = arrays(data)[0]["image_id"], arrays(data)[0]["features"]
+    row = int(training.features.rows(image_ids[5:6])[0])
+    np.testing.assert_array_equal(training.features.features(row).numpy(), features[5])
 
 
 def test_image_sizes_recovered_exactly_from_spatial_features() -> None:
