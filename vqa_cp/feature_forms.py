@@ -53,6 +53,7 @@ HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
 ZIP_MAGIC = b"PK\x03\x04"
 HEAD_BYTES = 8192  # a TSV row's fields before `features` fit in this (36 boxes: about 2 KB)
 SNIFF_BYTES = 512
+MAX_LINE = 1 << 26  # a 36-box row is about 400 KB
 READ_BLOCK = 64  # HDF5 rows read per step
 SPATIAL_TOLERANCE = 4e-7  # relative: float32 rounding of x / w
 TRAILING_DIGITS = re.compile(rb"(\d+)$")
@@ -171,7 +172,7 @@ def sniff(path: Path) -> str:
         return "pickle"
     if b"\t" in head:
         with open(path, "rb") as f:
-            count = f.readline().count(b"\t") + 1
+            count = f.readline(MAX_LINE).count(b"\t") + 1
         if count in (len(TSV_FIELDS), len(LXMERT_FIELDS)):
             return f"tsv{count}"
         raise VQAError(f"{path}: line 1: {count} tab-separated fields, neither the original TSV's "
@@ -437,10 +438,13 @@ def _first_row(path: Path, form: str) -> Row:
     from vqa_cp.features import decode_row
 
     with open(path, "rb") as f:
-        numbered = ((n, line) for n, line in enumerate(f, start=1) if not line.isspace())
-        lineno, line = next(numbered, (0, b""))
-    if not lineno:
+        lineno, line = 1, f.readline(MAX_LINE)
+        while line and line.isspace():
+            lineno, line = lineno + 1, f.readline(MAX_LINE)
+    if not line:
         raise VQAError(f"{path}: no feature rows")
+    if not line.endswith(b"\n"):
+        raise VQAError(f"{path}: line {lineno} is longer than {MAX_LINE >> 20} MB: not a feature TSV")
     return _decode(line, path, lineno, form, decode_row)
 
 

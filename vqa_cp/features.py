@@ -1,6 +1,7 @@
-"""Bottom-up attention features: TSV decode, TSV -> HDF5, and `FeatureStore` (lazy HDF5 or RAM cache).
+"""Bottom-up attention features: TSV decode, any copy -> features.h5 (`process_features`, the forms are in
+`vqa_cp.feature_forms`), and `FeatureStore` (lazy HDF5 or RAM cache).
 
-TSV row: image_id, image_w, image_h, num_boxes, boxes (base64 float32 [num_boxes, 4]),
+Original TSV row: image_id, image_w, image_h, num_boxes, boxes (base64 float32 [num_boxes, 4]),
 features (base64 float32 [num_boxes, D]); tab separated, no header.
 """
 
