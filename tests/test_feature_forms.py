@@ -353,3 +353,14 @@ def test_hdf5_read_once_or_through_h5py_gives_the_same(generated: dict[str, Path
     inputs = forms_record(data)["inputs"]
     for name in ("features/trainval36.hdf5", "features/trainval36_imgid2idx.pkl"):
         assert inputs[name]["sha256"] == sha256_file(data / name)
+
+
+def test_find_feature_files_by_name(tmp_path: Path) -> None:
+    for name in ("README.txt", "processed/features.h5", ".cache/x.tsv", "data/trainval36.hdf5",
+                 "data/trainval36_imgid2idx.pkl", "npz/a/COCO_val2014_000000000042.npz", "other.zip"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes(b"x")
+    with zipfile.ZipFile(tmp_path / "other.zip", "w") as z:
+        z.writestr("trainval_36/x.tsv", "1\t2\n")
+    found = [p.relative_to(tmp_path).as_posix() for p in forms.find_feature_files(tmp_path)]
+    assert found == ["data/trainval36.hdf5", "data/trainval36_imgid2idx.pkl", "npz/a"]

@@ -121,6 +121,10 @@ class BackgroundDigest:
             self._done = self._hash.hexdigest()
         return self._done
 
+    def close(self) -> None:
+        """Stop the hashing thread (after a failed conversion)."""
+        self.hexdigest()
+
 
 class FilesDigest:
     """One SHA-256 over many files: sha256 of the lines "name<TAB>sha256 of the file" in the order given, each
@@ -132,6 +136,9 @@ class FilesDigest:
 
     def add(self, name: str, data: bytes) -> None:
         self._parts.append((name, self._pool.submit(lambda: hashlib.sha256(data).hexdigest())))
+
+    def close(self) -> None:
+        self._pool.shutdown(cancel_futures=True)
 
     def hexdigest(self) -> str:
         combined = hashlib.sha256()
@@ -181,15 +188,18 @@ def sniff(path: Path) -> str:
 
 
 def find_feature_files(root: Path) -> list[Path]:
-    """Files and folders under `root` that look like feature files of any form: matched by name (TSV, HDF5,
-    index pickles, zips holding .npz files, folders holding .npz files), then kept only when their content
-    is one (an HTML page under a feature file's name is kept, so that `identify_copy` refuses it by name)."""
+    """Files and folders under `root` named like feature files of any form (TSV, HDF5, index pickles, zips holding
+    .npz files or damaged zips, folders holding .npz files), skipping hidden and `processed` folders (our own
+    outputs). Their content is judged by `identify_copy`, so that a damaged file or an HTML page under a feature
+    file's name is refused by name rather than passed over."""
     root = Path(root)
     if root.is_file():
         return [root]
     found: list[Path] = []
     npz_dirs: set[Path] = set()
     for path in sorted(root.rglob("*")):
+        if any(part.startswith(".") or part == "processed" for part in path.relative_to(root).parts[:-1]):
+            continue
         if path.is_file() and path.suffix == ".npz":
             npz_dirs.add(path.parent)
         elif path.is_file() and any(path.match(p) for p in NAME_PATTERNS):
@@ -219,13 +229,6 @@ def _zip_holds_npz(path: Path) -> bool:
             return any(name.endswith(".npz") for name in z.namelist())
     except (zipfile.BadZipFile, OSError):
         return True
-
-
-def _stem_kind(path: Path) -> str:
-    for suffix in INDEX_SUFFIXES:
-        if path.name.endswith(suffix):
-            return path.name[: -len(suffix)]
-    return path.stem
 
 
 def identify_copy(paths: list[Path]) -> FeatureCopy:

@@ -14,6 +14,7 @@ from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import h5py
 import numpy as np
@@ -47,6 +48,9 @@ MEMINFO = "/proc/meminfo"
 SMALL_DATASETS = ("image_id", "image_w", "image_h")
 SAMPLED_ROWS = 64  # rows of features and boxes digested by `h5_summary`
 FEATURES_STEP = "features"
+
+if TYPE_CHECKING:  # feature_forms imports this module
+    from vqa_cp.feature_forms import FeatureCopy, Reader
 
 
 @dataclass
@@ -243,7 +247,7 @@ def _check_row(where: str, row, shape: tuple[int, int]) -> None:
                        f"outside its {row.image_w} x {row.image_h} image")
 
 
-def write_canonical_h5(reader, h5_path: str | os.PathLike, fp16: bool = False, progress: bool = True) -> int:
+def write_canonical_h5(reader: Reader, h5_path: str | os.PathLike, fp16: bool = False, progress: bool = True) -> int:
     """Convert an opened copy (`feature_forms.Reader`) to features.h5 in the canonical order: ascending image_id.
 
     Each row is checked (`_check_row`) and written at its sorted position (one chunk an image, so the copy is
@@ -291,7 +295,7 @@ def write_canonical_h5(reader, h5_path: str | os.PathLike, fp16: bool = False, p
     return n
 
 
-def _input_entries(data_dir: Path, reader_or_copy, cache: DigestCache) -> dict[str, dict]:
+def _input_entries(data_dir: Path, reader_or_copy: Reader | FeatureCopy, cache: DigestCache) -> dict[str, dict]:
     """{name relative to DATA: {"size", "sha256"}} of a copy's files; a folder of .npz files gets one entry
     {"files", "size", "sha256"} whose digest covers every file's name and digest."""
     from vqa_cp.feature_forms import relative_name
@@ -322,7 +326,7 @@ def _input_entries(data_dir: Path, reader_or_copy, cache: DigestCache) -> dict[s
     return out
 
 
-def _sizes_known(record: dict | None, params: dict, data_dir: Path, copy) -> bool:
+def _sizes_known(record: dict | None, params: dict, data_dir: Path, copy: FeatureCopy) -> bool:
     """The record's parameters and input sizes match (cheap: no digest of a 45 GB file when they do not)."""
     from vqa_cp.feature_forms import relative_name
 
@@ -388,9 +392,18 @@ def process_features(data_dir: str | os.PathLike, fp16: bool = False, log=print,
             raise VQAError(problem)
         remove_stale_temps(h5_path)
         before = {p: stat_key(p) for p in copy.files}
+        if record is not None and record.get("params", {}).get("form") == "extracted":
+            log(f"replacing the extracted features in {h5_path} by the {described}")
         with ThreadPoolExecutor(max_workers=1) as pool:  # files the reader does not digest: hashed meanwhile
             pending = {p: pool.submit(sha256_file, p) for p in copy.files if p not in reader.digests and p.is_file()}
-            n = write_canonical_h5(reader, h5_path, fp16, progress)
+            try:
+                n = write_canonical_h5(reader, h5_path, fp16, progress)
+            except BaseException:
+                for future in pending.values():
+                    future.cancel()
+                for digest in reader.digests.values():
+                    digest.close()
+                raise
         for p, future in pending.items():
             cache.remember(p, future.result())
         if {p: stat_key(p) for p in copy.files} != before:
