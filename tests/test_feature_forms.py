@@ -364,3 +364,17 @@ def test_find_feature_files_by_name(tmp_path: Path) -> None:
         z.writestr("trainval_36/x.tsv", "1\t2\n")
     found = [p.relative_to(tmp_path).as_posix() for p in forms.find_feature_files(tmp_path)]
     assert found == ["data/trainval36.hdf5", "data/trainval36_imgid2idx.pkl", "npz/a"]
+
+
+def test_rehearsal_data_in_another_form_gives_the_same_features(tmp_path: Path) -> None:
+    from vqa_cp.rehearsal import RehearsalConfig, generate_rehearsal_data
+
+    config = RehearsalConfig(scale=0.0005)
+    results = {}
+    for form in ("tsv", "hdf5_split36"):
+        generate_rehearsal_data(tmp_path / form, config, progress=False, features_form=form)
+        process_features(tmp_path / form, log=quiet, progress=False)
+        results[form] = arrays(tmp_path / form)[0]
+    assert results["tsv"]["features"].shape == (62, 36, 2048)
+    for name, values in results["tsv"].items():  # the real-shape sizes are recovered exactly from spatial_features
+        np.testing.assert_array_equal(results["hdf5_split36"][name], values, err_msg=name)

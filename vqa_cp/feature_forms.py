@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import collections
 import hashlib
 import io
 import pickle
@@ -26,7 +27,7 @@ import re
 import threading
 import zipfile
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -127,25 +128,19 @@ class BackgroundDigest:
 
 
 class FilesDigest:
-    """One SHA-256 over many files: sha256 of the lines "name<TAB>sha256 of the file" in the order given, each
-    file hashed in another thread while the reading thread decodes it."""
+    """One SHA-256 over many files: sha256 of the lines "name<TAB>sha256 of the file", in the order added."""
 
     def __init__(self) -> None:
-        self._pool = ThreadPoolExecutor(max_workers=1)
-        self._parts: list[tuple[str, Future]] = []
+        self._hash = hashlib.sha256()
 
-    def add(self, name: str, data: bytes) -> None:
-        self._parts.append((name, self._pool.submit(lambda: hashlib.sha256(data).hexdigest())))
-
-    def close(self) -> None:
-        self._pool.shutdown(cancel_futures=True)
+    def add(self, name: str, file_sha256: str) -> None:
+        self._hash.update(f"{name}\t{file_sha256}\n".encode())
 
     def hexdigest(self) -> str:
-        combined = hashlib.sha256()
-        for name, part in self._parts:
-            combined.update(f"{name}\t{part.result()}\n".encode())
-        self._pool.shutdown()
-        return combined.hexdigest()
+        return self._hash.hexdigest()
+
+    def close(self) -> None:
+        pass
 
 
 # ----------------------------------------------------------------------------- sniffing and detection
@@ -723,7 +718,7 @@ def load_npz(data: bytes, where: str) -> Row:
         raise VQAError(f"{where}: not a readable .npz (truncated?): {' '.join(str(exc).split())}") from None
     if x.ndim != 2 or bbox.shape != (num, 4) or x.shape[0] != num:
         raise VQAError(f"{where}: x {x.shape} and bbox {bbox.shape} do not match num_bbox {num}")
-    return Row(0, w, h, bbox.astype(np.float32), x.astype(np.float32))
+    return Row(0, w, h, np.asarray(bbox, dtype=np.float32), np.asarray(x, dtype=np.float32))
 
 
 def _npz_reader(copy: FeatureCopy, check_only: bool) -> Reader | None:
@@ -735,17 +730,34 @@ def _npz_reader(copy: FeatureCopy, check_only: bool) -> Reader | None:
     k, d = first.features.shape
     digest = FilesDigest()
 
+    def load(member: tuple[str, Callable[[], bytes], str]) -> tuple[str, Row]:
+        name, read, where = member
+        data = read()
+        return hashlib.sha256(data).hexdigest(), load_npz(data, where)
+
     def rows(progress: bool) -> Iterator[tuple[str, Row]]:
-        for (name, read, where), image_id in tqdm(list(zip(members, ids.tolist())), desc="npz files",
-                                                      unit="file", disable=not progress, leave=False):
-            data = read()
-            digest.add(name, data)
-            row = load_npz(data, where)
+        loaded = prefetch(load, members)
+        for (name, _, where), image_id in tqdm(list(zip(members, ids.tolist())), desc="npz files", unit="file",
+                                               disable=not progress, leave=False):
+            sha, row = next(loaded)
+            digest.add(name, sha)
             row.image_id = image_id
             yield where, row
 
     folder = len(copy.files) == 1 and copy.files[0].is_dir()  # a zip is digested as a file
     return Reader(copy, ids, k, d, True, True, rows, {copy.files[0]: digest} if folder else {})
+
+
+def prefetch(fn: Callable, items: list, workers: int = 2, window: int = 16) -> Iterator:
+    """fn(item) for each item, in order, computed by `workers` threads at most `window` items ahead (reading,
+    CRC and SHA-256 release the GIL, so files load while the caller writes)."""
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        pending = collections.deque(pool.submit(fn, item) for item in items[:window])
+        for item in items[window:]:
+            yield pending.popleft().result()
+            pending.append(pool.submit(fn, item))
+        while pending:
+            yield pending.popleft().result()
 
 
 def open_copy(copy: FeatureCopy, check_only: bool = False, progress: bool = True) -> Reader | None:
