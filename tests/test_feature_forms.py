@@ -296,8 +296,13 @@ def test_image_sizes_recovered_exactly_from_spatial_features() -> None:
         corner = rng.random((36, 2)) * 0.5 * [w, h]
         boxes = np.concatenate([corner, corner + rng.random((36, 2)) * 0.45 * [w, h] + 1], axis=1).astype(np.float32)
         row = forms.Row(1, w, h, boxes, np.zeros((36, 1), dtype=np.float32))
-        spatial = forms._spatial(row).astype(np.float32)  # as the HDF5 converters store it
+        spatial = forms._spatial(row).astype(np.float32)  # computed in float64, stored as float32
         assert forms.recover_sizes("x", boxes, spatial) == (w, h)
+        # computed in float32 as a converter does with float32 boxes: x1/w, y1/h, x1/w + bw/w, ..., bw/w, bh/h
+        scaled = boxes[:, :2] / np.array([w, h], dtype=np.float32)
+        extent = (boxes[:, 2:] - boxes[:, :2]) / np.array([w, h], dtype=np.float32)
+        spatial32 = np.concatenate([scaled, scaled + extent, extent], axis=1)
+        assert spatial32.dtype == np.float32 and forms.recover_sizes("x", boxes, spatial32) == (w, h)
     with pytest.raises(VQAError, match=r"x: spatial_features disagree with image_bb"):
         forms.recover_sizes("x", boxes, spatial * np.float32(1.01))
 
