@@ -12,7 +12,7 @@ from torch.utils.data import DataLoader
 from tests.raw_fixtures import make_images, tsv_line, tsv_path, write_raw, write_tsv
 from vqa_cp.dataset import VQADataset, load_processed, load_training_data, split_by_image
 from vqa_cp.errors import VQAError
-from vqa_cp.features import FeatureStore, process_features
+from vqa_cp.features import FeatureStore, process_features, tsv_to_hdf5
 from vqa_cp.processing import process_answers, process_text
 
 PAD = 21  # 21 dictionary words (hand list in test_processing.py)
@@ -104,8 +104,10 @@ def test_dataloader_two_workers(data: Path, cache: torch.dtype | None) -> None:
 
 def test_questions_without_features(tmp_path: Path) -> None:
     write_raw(tmp_path)
-    write_tsv(tsv_path(tmp_path), [tsv_line(im) for im in make_images((1, 2))])  # image 3 missing
     process(tmp_path)
+    # process_features refuses a copy missing images that the questions use; one made otherwise is caught here
+    write_tsv(tsv_path(tmp_path), [tsv_line(im) for im in make_images((1, 2))])  # image 3 missing
+    tsv_to_hdf5(tsv_path(tmp_path), tmp_path / "processed" / "features.h5", progress=False)
     with pytest.raises(VQAError, match=r"2 of 3 questions in .*test\.npz have no image features in "
                                        r".*features\.h5: question_id 201, 203 \(image_id 3, 3\)"):
         VQADataset(tmp_path, "cp", "test", features=store(tmp_path))

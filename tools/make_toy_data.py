@@ -1,8 +1,8 @@
 """Generate the toy VQA-CP v2 benchmark, or its real-shape stand-in, in the raw formats of docs/DESIGN.md.
 
 Usage: python tools/make_toy_data.py --out data/toy [--seed S] [--images N] [--boxes 36] [--feature-dim D]
-       [--questions-per-image Q] [--force]
-       python tools/make_toy_data.py --shape real --scale 0.1 --out DIR [--seed S] [--force]
+       [--questions-per-image Q] [--force] [--features-form tsv|lxmert_tsv|hdf5_trainval36|hdf5_split36|npz]
+       python tools/make_toy_data.py --shape real --scale 0.1 --out DIR [--seed S] [--force] [--features-form F]
        (36 x 2048 features, ~2,000 answers, ~19,900 words, scale x the VQA-CP v2 counts; vqa_cp.rehearsal)
 """
 
@@ -17,6 +17,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from vqa_cp.errors import VQAError, run_cli  # noqa: E402
+from vqa_cp.feature_forms import FORMS  # noqa: E402
 from vqa_cp.rehearsal import RehearsalConfig, generate_rehearsal_data  # noqa: E402
 from vqa_cp.toy import ToyConfig, generate_toy_data  # noqa: E402
 
@@ -29,7 +30,7 @@ def _real(args: argparse.Namespace) -> dict[str, Any]:
     if given:
         raise VQAError(f"{', '.join(given)}: toy-shape flags; --shape real fixes the real shapes (use --scale)")
     summary = generate_rehearsal_data(args.out, RehearsalConfig(scale=args.scale, seed=args.seed),
-                                      force=args.force)
+                                      force=args.force, features_form=args.features_form)
     q = summary["questions"]
     print(f"wrote {summary['out_dir']}: {summary['images']} images x 36 x 2048, {q['vqacp_train']} VQA-CP "
           f"train / {q['vqacp_test']} test questions, {summary['designed_answers']} designed answers, "
@@ -50,12 +51,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--questions-per-image", type=int, default=None,
                         help=f"questions per image ({DEFAULTS.questions_per_image})")
     parser.add_argument("--force", action="store_true", help="replace an existing generated dataset in --out")
+    parser.add_argument("--features-form", choices=FORMS, default="tsv",
+                        help="write the features in this form (the original TSV by default; the others in "
+                             "DATA/features/, as a copy of that form would lie there)")
     args = parser.parse_args(argv)
     if args.shape == "real":
         return _real(args)
     config = ToyConfig(seed=args.seed, **{name: getattr(args, name) if getattr(args, name) is not None
                                           else getattr(DEFAULTS, name) for name in TOY_ONLY})
-    summary = generate_toy_data(args.out, config, force=args.force)
+    summary = generate_toy_data(args.out, config, force=args.force, features_form=args.features_form)
     images, questions = summary["images"], summary["questions"]
     missing = ", ".join(summary["glove_missing"]) or "none"
     print(f"wrote {summary['out_dir']}: {images['train2014']} train2014 + {images['val2014']} val2014 "

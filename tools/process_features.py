@@ -1,4 +1,5 @@
-"""Step 3 of tools/process.sh: bottom-up feature TSV -> DATA/processed/features.h5."""
+"""Step 3 of tools/process.sh: the feature copy in DATA (any form: original TSV, LXMERT TSV, HDF5, npz; detected
+from content) -> DATA/processed/features.h5, in ascending image_id order."""
 
 from __future__ import annotations
 

@@ -1,6 +1,7 @@
-"""Bottom-up attention features: TSV decode, TSV -> HDF5, and `FeatureStore` (lazy HDF5 or RAM cache).
+"""Bottom-up attention features: TSV decode, any copy -> features.h5 (`process_features`, the forms are in
+`vqa_cp.feature_forms`), and `FeatureStore` (lazy HDF5 or RAM cache).
 
-TSV row: image_id, image_w, image_h, num_boxes, boxes (base64 float32 [num_boxes, 4]),
+Original TSV row: image_id, image_w, image_h, num_boxes, boxes (base64 float32 [num_boxes, 4]),
 features (base64 float32 [num_boxes, D]); tab separated, no header.
 """
 
@@ -10,8 +11,10 @@ import binascii
 import hashlib
 import os
 from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import h5py
 import numpy as np
@@ -30,6 +33,7 @@ from vqa_cp.provenance import (
     output_problem,
     read_record,
     record_path,
+    sha256_file,
     stat_key,
 )
 
@@ -45,6 +49,9 @@ SMALL_DATASETS = ("image_id", "image_w", "image_h")
 SAMPLED_ROWS = 64  # rows of features and boxes digested by `h5_summary`
 FEATURES_STEP = "features"
 
+if TYPE_CHECKING:  # feature_forms imports this module
+    from vqa_cp.feature_forms import FeatureCopy, Reader
+
 
 @dataclass
 class TSVRow:
@@ -58,7 +65,7 @@ class TSVRow:
 def decode_row(line: bytes, path: str | os.PathLike = "<tsv>", lineno: int = 0) -> TSVRow:
     """Decode one TSV line; a wrong field count, number or base64 length is a VQAError naming the line."""
     where = f"{path}: line {lineno}"
-    fields = line.rstrip(b"\r\n").split(b"\t")
+    fields = line.split(b"\t")  # the last keeps its line end, which base64 decoding skips (no 400 KB copy)
     if len(fields) != len(TSV_FIELDS):
         raise VQAError(f"{where}: {len(fields)} tab-separated fields, expected {len(TSV_FIELDS)} "
                        f"({', '.join(TSV_FIELDS)})")
@@ -179,20 +186,28 @@ def _array_digest(array: np.ndarray) -> str:
 
 def h5_summary(path: Path) -> dict:
     """A cheap fingerprint of features.h5 (no full read of 36 GB): shape, dtype and digest of image_id,
-    image_w and image_h, and of SAMPLED_ROWS evenly spaced rows of features and boxes."""
+    image_w and image_h, and of SAMPLED_ROWS evenly spaced rows of features and boxes (those present), and the
+    file's attributes (form, has_boxes, has_image_size)."""
     try:
         with h5py.File(path, "r") as h5:
             out = {}
             for name in SMALL_DATASETS:
-                out[name] = [list(h5[name].shape), str(h5[name].dtype), _array_digest(h5[name][:])]
+                if name in h5 or name == "image_id":
+                    out[name] = [list(h5[name].shape), str(h5[name].dtype), _array_digest(h5[name][:])]
             n = h5["features"].shape[0]
             rows = np.unique(np.linspace(0, n - 1, min(n, SAMPLED_ROWS)).astype(np.int64)) if n else []
             for name in ("features", "boxes"):
+                if name not in h5 and name == "boxes":
+                    continue
                 data = h5[name]
                 sample = hashlib.sha256()
                 for r in rows:
                     sample.update(np.ascontiguousarray(data[int(r)]).tobytes())
                 out[name] = [list(data.shape), str(data.dtype), sample.hexdigest()]
+            attrs = {key: h5.attrs[key] for key in sorted(h5.attrs)}
+            if attrs:
+                out["attrs"] = {key: value.item() if hasattr(value, "item") else str(value)
+                                for key, value in attrs.items()}
     except (OSError, KeyError, ValueError) as exc:
         reason = " ".join(str(exc).split())
         raise VQAError(f"{path}: not a readable features file (truncated or corrupt?): {reason}") from None
@@ -208,40 +223,204 @@ def features_problem(processed: Path, cache: DigestCache | None = None) -> str |
                           {FEATURES_FILE: h5_summary})
 
 
-def process_features(data_dir: str | os.PathLike, fp16: bool = False, log=print) -> None:
-    """Step 3: DATA/trainval_36/...tsv -> DATA/processed/features.h5, skipped when its record matches.
+EXTRACT_HINT = ("python tools/extract_features.py --images {data}/images/train2014.zip {data}/images/val2014.zip "
+                "--weights {data}/detector --data {data}")
 
-    The TSV is digested while it is converted (one read); a later run digests it only when its
-    (device, inode, size, mtime_ns, ctime_ns) is not in the digest cache.
+
+def _check_row(where: str, row, shape: tuple[int, int]) -> None:
+    """A converted row: the copy's K x D, finite features, finite boxes inside their image (when it has them)."""
+    if row.features.shape != shape:
+        raise VQAError(f"{where} (image_id {row.image_id}): features {row.features.shape[0]} x "
+                       f"{row.features.shape[1]}, but earlier images have {shape[0]} x {shape[1]}")
+    if not np.isfinite(row.features).all():
+        raise VQAError(f"{where} (image_id {row.image_id}): features hold NaN or infinite values")
+    if row.boxes is None:
+        return
+    b = row.boxes
+    inside = np.isfinite(b).all(axis=1) & (b >= 0).all(axis=1)
+    if row.image_w is not None:
+        inside &= (b[:, 0] <= row.image_w) & (b[:, 2] <= row.image_w) & (b[:, 1] <= row.image_h) & (
+            b[:, 3] <= row.image_h)
+    if not inside.all():
+        i = int(np.argmin(inside))
+        raise VQAError(f"{where} (image_id {row.image_id}): box {i} ({', '.join(f'{x:g}' for x in b[i])}) lies "
+                       f"outside its {row.image_w} x {row.image_h} image")
+
+
+def write_canonical_h5(reader: Reader, h5_path: str | os.PathLike, fp16: bool = False, progress: bool = True) -> int:
+    """Convert an opened copy (`feature_forms.Reader`) to features.h5 in the canonical order: ascending image_id.
+
+    Each row is checked (`_check_row`) and written at its sorted position (one chunk an image, so the copy is
+    read once, in its own order). Datasets as `write_features_h5`; `boxes`, `image_w`, `image_h` only where the
+    form has them; attributes `form`, `has_boxes`, `has_image_size`. A bad row leaves no file.
     """
-    tsv_path = Path(data_dir) / TSV_FILE
+    ids = reader.image_ids
+    if len(ids) == 0:
+        raise VQAError(f"{reader.copy.files[0]}: no feature rows")
+    sorted_ids = np.sort(ids)
+    dup = np.flatnonzero(sorted_ids[1:] == sorted_ids[:-1])
+    if len(dup):
+        raise VQAError(f"{reader.copy.files[0]}: duplicate image_id {sorted_ids[dup[0]]} ({len(dup)} duplicates)")
+    n, k, d = len(ids), reader.num_boxes, reader.dim
+    dtype = np.float16 if fp16 else np.float32
+    boxes = np.zeros((n, k, BOX_COORDS), dtype=np.float32) if reader.has_boxes else None
+    sizes = np.zeros((2, n), dtype=np.int64)
+    written = np.zeros(n, dtype=bool)
+    with atomic_path(h5_path) as tmp, h5py.File(tmp, "w") as h5:
+        feats = h5.create_dataset("features", (n, k, d), chunks=(1, k, d), dtype=dtype, track_times=False)
+        for where, row in reader.rows(progress):
+            pos = int(np.searchsorted(sorted_ids, row.image_id))
+            if pos == n or sorted_ids[pos] != row.image_id or written[pos]:
+                raise VQAError(f"{where}: image_id {row.image_id} is not where the first pass found it "
+                               "(the file changed while it was read?)")
+            _check_row(where, row, (k, d))
+            # one chunk an image, no filters: the chunk's bytes are the row's (5x faster than feats[pos] = ...)
+            feats.id.write_direct_chunk((pos, 0, 0), np.ascontiguousarray(row.features, dtype=dtype))
+            written[pos] = True
+            if boxes is not None:
+                boxes[pos] = row.boxes
+            if reader.has_image_size:
+                sizes[:, pos] = (row.image_w, row.image_h)
+        if not written.all():
+            raise VQAError(f"{reader.copy.files[0]}: image_id {sorted_ids[np.argmin(written)]} was never read "
+                           "(the file changed while it was read?)")
+        if boxes is not None:
+            h5.create_dataset("boxes", data=boxes, chunks=(1, k, BOX_COORDS), track_times=False)
+        names = [("image_id", sorted_ids)] + ([("image_w", sizes[0]), ("image_h", sizes[1])]
+                                              if reader.has_image_size else [])
+        for name, values in names:
+            h5.create_dataset(name, data=values, chunks=(min(n, WRITE_BLOCK * 16),), track_times=False)
+        h5.attrs.update({"form": reader.copy.form, "has_boxes": reader.has_boxes,
+                         "has_image_size": reader.has_image_size})
+    return n
+
+
+def _input_entries(data_dir: Path, reader_or_copy: Reader | FeatureCopy, cache: DigestCache) -> dict[str, dict]:
+    """{name relative to DATA: {"size", "sha256"}} of a copy's files; a folder of .npz files gets one entry
+    {"files", "size", "sha256"} whose digest covers every file's name and digest."""
+    from vqa_cp.feature_forms import relative_name
+
+    copy = getattr(reader_or_copy, "copy", reader_or_copy)
+    digests = getattr(reader_or_copy, "digests", {})
+    out = {}
+    for p in copy.files:
+        name = relative_name(p, data_dir)
+        if p.is_dir():
+            files = sorted(p.glob("*.npz"))
+            key = "npz:" + hashlib.sha256("\n".join(stat_key(f) for f in files).encode()).hexdigest()
+            if p in digests:
+                cache.entries[key] = digests[p].hexdigest()
+                cache.dirty = True
+            entry = {"files": len(files), "size": sum(f.stat().st_size for f in files)}
+            if key not in cache.entries:
+                combined = hashlib.sha256()
+                for f in files:
+                    combined.update(f"{f.name}\t{cache.digest(f)}\n".encode())
+                cache.entries[key] = combined.hexdigest()
+                cache.dirty = True
+            out[name] = {**entry, "sha256": cache.entries[key]}
+        else:
+            if p in digests:
+                cache.remember(p, digests[p].hexdigest())
+            out[name] = {"size": p.stat().st_size, "sha256": cache.digest(p)}
+    return out
+
+
+def _sizes_known(record: dict | None, params: dict, data_dir: Path, copy: FeatureCopy) -> bool:
+    """The record's parameters and input sizes match (cheap: no digest of a 45 GB file when they do not)."""
+    from vqa_cp.feature_forms import relative_name
+
+    if record is None or record.get("params") != params:
+        return False
+    inputs = record.get("inputs", {})
+    for p in copy.files:
+        size = sum(f.stat().st_size for f in p.glob("*.npz")) if p.is_dir() else p.stat().st_size
+        if inputs.get(relative_name(p, data_dir), {}).get("size") != size:
+            return False
+    return len(inputs) == len(copy.files)
+
+
+def _no_copy(data_dir: Path, processed: Path, log) -> None:
+    """No feature copy in the raw layout: skip a current extracted features.h5, else say how to get one."""
+    from vqa_cp.feature_forms import FEATURES_DIR, ORIGINAL_TSV
+
+    record = read_record(record_path(processed, FEATURES_STEP))
+    if record is not None and record.get("params", {}).get("form") == "extracted":
+        problem = features_problem(processed)
+        if problem is None:
+            log(f"skip features: {processed / FEATURES_FILE} holds extracted features (no copy in the raw layout)")
+            return
+        raise VQAError(f"{problem}; no copy in the raw layout to convert: extract the features again with "
+                       f"{EXTRACT_HINT.format(data=data_dir)}")
+    raise VQAError(f"no features in {data_dir}: neither {ORIGINAL_TSV} nor a copy in {data_dir / FEATURES_DIR}/ "
+                   f"(import one with tools/download.sh --from PATH, run `python main.py --toy`, or make them: "
+                   f"{EXTRACT_HINT.format(data=data_dir)})")
+
+
+def process_features(data_dir: str | os.PathLike, fp16: bool = False, log=print, progress: bool = True) -> None:
+    """Step 3: the feature copy in DATA's raw layout (any form) -> DATA/processed/features.h5, skipped when its
+    record matches.
+
+    The form is detected from content (`feature_forms.identify_copy`); the rows are checked and written in
+    ascending image_id order while the files are read and digested (one read; HDF5 files are digested by a
+    second read). The questions in DATA must use no image that the copy lacks.
+    """
+    from vqa_cp import feature_forms as forms
+
+    data_dir = Path(data_dir)
     processed = processed_dir(data_dir)
     h5_path = processed / FEATURES_FILE
-    if not tsv_path.is_file():
-        raise VQAError(f"feature TSV not found: {tsv_path} (run tools/download.sh or `python main.py --toy`)")
+    found = forms.form_files(data_dir)
+    if not found:
+        return _no_copy(data_dir, processed, log)
+    copy = forms.identify_copy(found)
     want = np.dtype(np.float16 if fp16 else np.float32)
-    params = {"fp16": fp16}
+    params = {"fp16": fp16, "form": copy.form}
+    described = f"{copy.form} copy ({', '.join(forms.relative_name(p, data_dir) for p in copy.files)})"
     with digest_cache(processed) as cache:
         record = read_record(record_path(processed, FEATURES_STEP))
-        # another dtype or TSV size is stale without reading the 45 GB TSV
-        known = (record is not None and record.get("params") == params
-                 and record.get("inputs", {}).get(TSV_FILE, {}).get("size") == tsv_path.stat().st_size)
-        if known:
-            inputs = {TSV_FILE: file_entry(tsv_path, cache)}
+        if _sizes_known(record, params, data_dir, copy):
+            inputs = _input_entries(data_dir, copy, cache)
             if is_current(record, FEATURES_STEP, params, inputs) and features_problem(processed, cache) is None:
-                log(f"skip features: {h5_path} is up to date ({want})")
+                log(f"skip features: {h5_path} is up to date ({want}, from the {described})")
+                for note in record.get("checks", {}).get("notes", []):
+                    log(f"note: {note}")
                 return
+        reader = forms.open_copy(copy, progress=progress)
+        problem = forms.coverage_problem(data_dir, reader.image_ids, described)
+        if problem:
+            raise VQAError(problem)
         remove_stale_temps(h5_path)
-        before = stat_key(tsv_path)
-        digest = hashlib.sha256()
-        n = tsv_to_hdf5(tsv_path, h5_path, fp16, digest=digest)
-        if stat_key(tsv_path) != before:
-            raise VQAError(f"{tsv_path}: changed while it was converted; run again")
-        cache.remember(tsv_path, digest.hexdigest())
-        inputs = {TSV_FILE: {"size": tsv_path.stat().st_size, "sha256": digest.hexdigest()}}
+        before = {p: stat_key(p) for p in copy.files}
+        if record is not None and record.get("params", {}).get("form") == "extracted":
+            log(f"replacing the extracted features in {h5_path} by the {described}")
+        with ThreadPoolExecutor(max_workers=1) as pool:  # files the reader does not digest: hashed meanwhile
+            pending = {p: pool.submit(sha256_file, p) for p in copy.files if p not in reader.digests and p.is_file()}
+            try:
+                n = write_canonical_h5(reader, h5_path, fp16, progress)
+            except BaseException:
+                for future in pending.values():
+                    future.cancel()
+                for digest in reader.digests.values():
+                    digest.close()
+                raise
+        for p, future in pending.items():
+            cache.remember(p, future.result())
+        if {p: stat_key(p) for p in copy.files} != before:
+            raise VQAError(f"{copy.files[0]}: changed while it was converted; run again")
+        inputs = _input_entries(data_dir, reader, cache)
         outputs = {FEATURES_FILE: file_entry(h5_path, cache, h5_summary)}
-        write_json(record_path(processed, FEATURES_STEP), make_record(FEATURES_STEP, params, inputs, outputs))
-    log(f"wrote {h5_path}: {n} images, {want}")
+        notes = [note for note in (forms.release_note(n),) if note]
+        record = make_record(FEATURES_STEP, params, inputs, outputs)
+        record["checks"] = {"images": n, "questions_checked": sorted(forms.question_images(data_dir)),
+                            "has_boxes": reader.has_boxes, "has_image_size": reader.has_image_size, "notes": notes}
+        write_json(record_path(processed, FEATURES_STEP), record)
+    log(f"wrote {h5_path}: {n} images, {want}, from the {described}")
+    for note in notes:
+        log(f"note: {note}")
+    if not reader.has_boxes:
+        log(f"note: the {copy.form} form has no boxes or image sizes: training is unaffected; tools/visualize.py "
+            "cannot draw boxes from this copy")
 
 
 def mem_available(meminfo: str | os.PathLike = MEMINFO) -> int:

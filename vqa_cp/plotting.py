@@ -370,6 +370,9 @@ def read_boxes(features_path: Path, rows: np.ndarray) -> tuple[np.ndarray, np.nd
     unique, inverse = np.unique(rows, return_inverse=True)  # h5py reads increasing, distinct rows only
     names = ("boxes", "image_w", "image_h")
     with h5py.File(features_path, "r") as h5:
+        if not h5.attrs.get("has_boxes", True):
+            raise VQAError(f"{features_path}: this copy of the features (form {h5.attrs.get('form', '?')}) has no "
+                           "boxes; drawing attention needs a copy with boxes (any form but hdf5_trainval36)")
         missing = [name for name in names if name not in h5]
         if missing:
             raise VQAError(f"{features_path}: lacks {', '.join(missing)} (rerun tools/process.sh)")

@@ -34,6 +34,7 @@ import numpy as np
 from tqdm import tqdm
 
 from vqa_cp.errors import VQAError
+from vqa_cp.feature_forms import check_form, write_form
 from vqa_cp.features import TSV_FILE
 from vqa_cp.files import atomic_path
 from vqa_cp.processing import ANSWERS_PER_QUESTION, DEFAULT_MIN_COUNT, DICTIONARY_QUESTION_FILES, GLOVE_FILE, RAW_FILES
@@ -407,7 +408,7 @@ def _test2015(rng: np.random.Generator, config: RehearsalConfig, vocab: _Vocab, 
     return rng.choice(len(weights), size=n, p=weights), rng.integers(0, config.subjects, n), qids
 
 
-def _generate(out: Path, config: RehearsalConfig, progress: bool) -> dict[str, Any]:
+def _generate(out: Path, config: RehearsalConfig, progress: bool, features_form: str = "tsv") -> dict[str, Any]:
     rngs = [np.random.default_rng(s) for s in np.random.SeedSequence([config.seed, 2048]).spawn(6)]
     n_other = _designed_others(config)
     vocab = _vocab(rngs[0], config, n_other)
@@ -434,6 +435,9 @@ def _generate(out: Path, config: RehearsalConfig, progress: bool) -> dict[str, A
     missing = _write_glove(out / GLOVE_FILE, rngs[5], config, words)
     contents = _box_contents(rngs[4], config, questions, n_images, len(vocab.answers))
     _write_features(out / TSV_FILE, rngs[5], config, image_ids, contents, len(vocab.answers), progress)
+    write_form(out / TSV_FILE, features_form, out,
+               dict(zip(image_ids.tolist(), np.where(val, "val2014", "train2014").tolist())), seed=config.seed,
+               progress=progress)
     summary = {"config": asdict(config), "images": n_images, "val2014_images": int(val.sum()),
                "questions": {"vqacp_train": int((~questions.cp_test).sum()), "vqacp_test": int(questions.cp_test.sum()),
                              "test2015": len(test2015), "test-dev2015": config.count("test-dev2015")},
@@ -443,12 +447,13 @@ def _generate(out: Path, config: RehearsalConfig, progress: bool) -> dict[str, A
 
 
 def generate_rehearsal_data(out_dir: str | os.PathLike, config: RehearsalConfig, force: bool = False,
-                            progress: bool = True) -> dict[str, Any]:
+                            progress: bool = True, features_form: str = "tsv") -> dict[str, Any]:
     """Write the rehearsal dataset (raw layout of docs/DESIGN.md plus rehearsal.json) into `out_dir`.
 
     Written in a temporary sibling folder renamed onto `out_dir` when complete; a non-empty `out_dir`
     is refused unless `force` (and then only a previous rehearsal dataset is replaced). Returns the summary
-    that rehearsal.json holds.
+    that rehearsal.json holds. `features_form` as in `vqa_cp.toy.generate_toy_data`.
     """
-    return write_generated(out_dir, lambda tmp: _generate(tmp, config, progress), force, REHEARSAL_FILE,
-                           "rehearsal dataset")
+    check_form(features_form)
+    return write_generated(out_dir, lambda tmp: _generate(tmp, config, progress, features_form), force,
+                           REHEARSAL_FILE, "rehearsal dataset")

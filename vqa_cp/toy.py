@@ -34,6 +34,7 @@ import numpy as np
 from tqdm import tqdm
 
 from vqa_cp.errors import VQAError
+from vqa_cp.feature_forms import check_form, write_form
 from vqa_cp.features import TSV_FILE, process_features
 from vqa_cp.files import write_json, write_text
 from vqa_cp.processing import (
@@ -373,18 +374,20 @@ def _replace_dir(new: Path, out: Path) -> None:
 
 
 def generate_toy_data(out_dir: str | os.PathLike, config: ToyConfig, force: bool = False,
-                      progress: bool = True) -> dict[str, Any]:
+                      progress: bool = True, features_form: str = "tsv") -> dict[str, Any]:
     """Write the toy benchmark into `out_dir` (raw layout of docs/DESIGN.md plus toy_scenes.json).
 
     Generated in a temporary sibling folder that is renamed onto `out_dir` once complete. A non-empty
     `out_dir` is refused unless `force` (and even then only a previous toy dataset is replaced).
-    Returns a summary: counts per file, dictionary size, words left out of GloVe, train-heavy answers.
+    `features_form` (vqa_cp.feature_forms.FORMS) writes the same features in that form instead of the original
+    TSV. Returns a summary: counts per file, dictionary size, words left out of GloVe, train-heavy answers.
     """
-    return write_generated(out_dir, lambda tmp: _generate(tmp, config, progress), force, SCENES_FILE,
-                           "toy dataset")
+    check_form(features_form)
+    return write_generated(out_dir, lambda tmp: _generate(tmp, config, progress, features_form), force,
+                           SCENES_FILE, "toy dataset")
 
 
-def _generate(out: Path, config: ToyConfig, progress: bool) -> dict[str, Any]:
+def _generate(out: Path, config: ToyConfig, progress: bool, features_form: str = "tsv") -> dict[str, Any]:
     rng_proto, rng_ids, rng_scene, rng_feat, rng_quest, rng_split, rng_glove = (
         np.random.default_rng(s) for s in np.random.SeedSequence(config.seed).spawn(7))
     category_proto, colour_proto = _prototypes(rng_proto, config)
@@ -467,6 +470,8 @@ def _generate(out: Path, config: ToyConfig, progress: bool) -> dict[str, Any]:
     glove_lines = _glove_lines(rng_glove, glove_words, config.glove_plural_similarity)
     write_text(out / GLOVE_FILE, "".join(glove_lines))
 
+    write_form(tsv_path, features_form, out, {s["image_id"]: s["coco_split"] for s in scenes}, seed=config.seed,
+               progress=progress)
     write_json(out / SCENES_FILE, {"config": asdict(config),
                                    "categories": list(CATEGORY_NAMES[: config.categories]),
                                    "colours": list(COLOUR_NAMES[: config.colours]),
