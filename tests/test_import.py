@@ -290,3 +290,16 @@ def test_zip_member_failing_its_crc_is_named(tmp_path: Path, stand_ins: list,
     (line,) = [e for e in capsys.readouterr().err.splitlines() if e.startswith("error:")]
     assert line.startswith(f"error: {archive}: cannot be read to the end at member b/vqacp_v2_test_questions.json")
     assert not data.exists() or not any(data.iterdir())
+
+
+@pytest.mark.parametrize("word_length", range(1, 10))
+def test_a_real_width_glove_line_passes_the_first_bytes_check(tmp_path: Path, word_length: int) -> None:
+    # a 300-d line is ~2,700 bytes, longer than the bytes sniffed: the cut may fall anywhere in a number ("-", "-0.")
+    line = "w" * word_length + "".join(f" -0.{i:05d}" for i in range(300)) + "\n"
+    path = tmp_path / "glove.6B.300d.txt"
+    path.write_text(line * 3)
+    assert copy_checks.sniff_problem(path, "glove/glove.6B.300d.txt") is None
+    path.write_text("<html><body>gone</body></html>\n")
+    assert "HTML" in copy_checks.sniff_problem(path, "glove/glove.6B.300d.txt")
+    path.write_text("w" + " 0.1 x0.2" * 150 + "\n")
+    assert copy_checks.sniff_problem(path, "glove/glove.6B.300d.txt").startswith("not a GloVe text file")

@@ -359,7 +359,7 @@ def test_process_sh_repeats_the_notes(toy_data, tmp_path):
     done = subprocess.run(["bash", str(root / "tools" / "process.sh"), "--data", str(data)], capture_output=True,
                           text=True, timeout=120, env={**os.environ, "PYTHON": sys.executable})
     assert done.returncode == 0, done.stderr
-    assert [line for line in done.stdout.splitlines() if line.startswith("note")] == [
+    assert [line for line in done.stdout.splitlines() if line.startswith("note (data check)")] == [
         f"note (data check): {n}" for n in verdict.notes]
 
 

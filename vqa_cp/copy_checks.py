@@ -76,7 +76,10 @@ def sniff_problem(path: Path, name: str) -> str | None:
     if name.endswith(".json") and head.lstrip()[:1] not in (b"{", b"["):
         return f"not JSON: it starts with {head.lstrip()[:20]!r}"
     if Path(name).name.startswith("glove.") and name.endswith(".txt"):
-        fields = head.split(b"\n", 1)[0].split(b" ")
+        first, newline, _ = head.partition(b"\n")
+        fields = first.split(b" ")
+        if not newline:  # a GloVe line (~2,700 bytes at 300d) is longer than the head: its last field may be cut
+            fields = fields[:-1]
         try:
             [float(x) for x in fields[1:]]
         except ValueError:
