@@ -1,0 +1,152 @@
+"""The whole import path with the real checks: a shared copy (folder, zip or tar.gz, common sub-folders) in every
+feature form -> download.sh --from (vqa_cp.verify, vqa_cp.feature_forms) -> process.sh's steps -> the same
+features.h5 arrays as the original TSV; a damaged VQA-CP copy is refused (nothing put in place) or reported."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tarfile
+import zipfile
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+from vqa_cp import download
+from vqa_cp.feature_forms import FORMS
+from vqa_cp.features import process_features
+from vqa_cp.processing import process_answers, process_text, processed_dir
+from vqa_cp.toy import ToyConfig, generate_toy_data
+
+CONFIG = ToyConfig(seed=5, images=40, boxes=12, feature_dim=16, questions_per_image=2)
+PACKING = {"tsv": "zip", "lxmert_tsv": "tar.gz", "hdf5_trainval36": "folder", "hdf5_split36": "zip", "npz": "tar.gz"}
+CP_FILES = [f"vqacp_v2_{s}_{k}.json" for s in ("train", "test") for k in ("questions", "annotations")]
+
+
+def quiet(_: str) -> None:
+    pass
+
+
+def shared_copy(generated: Path, root: Path) -> Path:
+    """The generated raw files re-arranged as copies circulate: cp_v2_questions/, cp_v2_annotations/,
+    data/glove/, vqa2/, the features under a folder of their own."""
+    generated, copy = Path(generated), root / "vqa_cp_copy"
+    for path in sorted(p for p in generated.rglob("*") if p.is_file()):
+        rel = path.relative_to(generated)
+        if rel.name.startswith("vqacp_v2_"):
+            dest = Path("cp_v2_questions" if "questions" in rel.name else "cp_v2_annotations") / rel.name
+        elif rel.parts[0] == "glove":
+            dest = Path("data") / rel
+        elif rel.name.startswith("v2_"):
+            dest = Path("vqa2") / rel.name
+        elif rel.parts[0] in ("features", "trainval_36"):
+            dest = Path("bottom_up") / Path(*rel.parts[1:])
+        else:
+            continue
+        (copy / dest).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(path, copy / dest)
+    return copy
+
+
+def pack(folder: Path, how: str) -> Path:
+    if how == "folder":
+        return folder
+    if how == "zip":
+        out = folder.with_suffix(".zip")
+        with zipfile.ZipFile(out, "w") as zf:
+            for path in sorted(folder.rglob("*")):
+                zf.write(path, path.relative_to(folder.parent))
+        return out
+    out = folder.parent / f"{folder.name}.tar.gz"
+    with tarfile.open(out, "w:gz") as tf:
+        tf.add(folder, arcname=folder.name)
+    return out
+
+
+def features_arrays(data: Path) -> dict[str, np.ndarray]:
+    with h5py.File(processed_dir(data) / "features.h5", "r") as h5:
+        return {name: h5[name][:] for name in h5}
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory) -> dict[str, np.ndarray]:
+    """features.h5 of the original TSV, processed in place (no import)."""
+    data = generate_toy_data(tmp_path_factory.mktemp("reference") / "data", CONFIG, progress=False)["out_dir"]
+    process_features(data, log=quiet, progress=False)
+    return features_arrays(data)
+
+
+@pytest.mark.parametrize("form", FORMS)
+def test_every_form_imports_and_processes_to_the_tsv_arrays(tmp_path: Path, reference: dict[str, np.ndarray],
+                                                            form: str, capsys: pytest.CaptureFixture[str]) -> None:
+    generated = generate_toy_data(tmp_path / "gen", CONFIG, progress=False, features_form=form)["out_dir"]
+    source = pack(shared_copy(generated, tmp_path / "copy"), PACKING[form])
+    data = tmp_path / "data"
+    assert download.main(["--data", str(data), "--from", str(source)], {}) == 0
+    out, err = capsys.readouterr()
+    assert ", 0 refused" in out and "still missing" not in out, out
+    assert f"({form})" in out or form == "tsv"
+    assert "vqacp_v2_train_questions.json: 4" in err  # the subset's count is reported, not refused
+    messages: list[str] = []
+    process_text(data, log=quiet)
+    process_answers(data, log=messages.append)
+    process_features(data, log=messages.append, progress=False)
+    assert any(f"from the {form} copy" in m for m in messages), messages
+    got = features_arrays(data)
+    names = ["features", "image_id"] if form == "hdf5_trainval36" else sorted(reference)
+    for name in names:
+        np.testing.assert_array_equal(got[name], reference[name], err_msg=f"{form}: {name}")
+    if form == "hdf5_trainval36":
+        assert "boxes" not in got and "image_w" not in got  # this form has neither: features.h5 says so
+
+
+@pytest.fixture()
+def toy_copy(tmp_path: Path) -> Path:
+    return shared_copy(generate_toy_data(tmp_path / "gen", CONFIG, progress=False)["out_dir"], tmp_path / "copy")
+
+
+def _edit(path: Path, edit) -> None:
+    entries = json.loads(path.read_text())
+    edit(entries)
+    path.write_text(json.dumps(entries))
+
+
+def test_a_vqacp_copy_missing_a_question_is_refused_and_nothing_is_put_in_place(
+        tmp_path: Path, toy_copy: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    dropped = {}
+
+    def drop(entries: list) -> None:
+        dropped["id"] = entries.pop(3)["question_id"]
+
+    _edit(toy_copy / "cp_v2_questions" / "vqacp_v2_test_questions.json", drop)
+    _edit(toy_copy / "cp_v2_annotations" / "vqacp_v2_test_annotations.json",
+          lambda entries: entries.remove(next(e for e in entries if e["question_id"] == dropped["id"])))
+    data = tmp_path / "data"
+    assert download.main(["--data", str(data), "--from", str(toy_copy), "--only", "vqa2,vqacp"], {}) == 1
+    err = capsys.readouterr().err
+    refusals = [line for line in err.splitlines() if line.startswith("error: refused vqacp_v2_")]
+    assert len(refusals) == 4 and str(dropped["id"]) in err, err
+    assert not any((data / name).exists() for name in CP_FILES)
+
+
+def test_a_changed_answer_is_imported_and_reported_by_process_sh(tmp_path: Path, toy_copy: Path,
+                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    changed = {}
+
+    def change(entries: list) -> None:
+        changed["id"] = entries[2]["question_id"]
+        entries[2]["multiple_choice_answer"] = "purple elephant"
+
+    _edit(toy_copy / "cp_v2_annotations" / "vqacp_v2_train_annotations.json", change)
+    data = tmp_path / "data"
+    assert download.main(["--data", str(data), "--from", str(toy_copy)], {}) == 0
+    err = capsys.readouterr().err
+    note = next(line for line in err.splitlines() if "multiple_choice_answer" in line)
+    assert str(changed["id"]) in note and "vqacp_v2_train_annotations.json" in note
+    assert all((data / name).is_file() for name in CP_FILES)
+    messages: list[str] = []
+    process_text(data, log=quiet)
+    process_answers(data, log=messages.append)
+    assert any("multiple_choice_answer" in m and str(changed["id"]) in m for m in messages), messages
