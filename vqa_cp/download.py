@@ -201,7 +201,9 @@ class Context:
         return "none"
 
     def advice(self, item: Item) -> str:
-        return self.manifest.advice.get(item.group, "check the URL and your connection, then run again")
+        """What to do next; the manifest's DATA stands for --data."""
+        text = self.manifest.advice.get(item.group, "check the URL and your connection, then run again")
+        return text.replace("DATA", str(self.data))
 
 
 # --- output checks and placing ----------------------------------------------------------------------
