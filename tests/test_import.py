@@ -73,6 +73,7 @@ def stand_ins(monkeypatch: pytest.MonkeyPatch) -> list[tuple]:
                                                                                                  sorted(files))))
     monkeypatch.setattr(copy_checks, "find_feature_files", find_feature_files)
     monkeypatch.setattr(copy_checks, "identify_copy", identify_copy)
+    monkeypatch.setattr(copy_checks, "check_features", lambda data: calls.append(("check_features", data)))
     return calls
 
 
@@ -219,14 +220,21 @@ def test_feature_copies_go_to_their_raw_places(tmp_path: Path, stand_ins: list,
     copy = write_folder(tmp_path / "copy", {"feats/trainval_36/some_name.tsv": TSV})
     hdf5 = make_archive(tmp_path / "hdf5_copy.tar.gz", {"data/trainval36.hdf5": b"\x89HDF\r\n",
                                                         "data/trainval36_imgid2idx.pkl": b"\x80\x02}q\x00."})
-    data = tmp_path / "data"
-    assert run(data, "--only", "features", "--from", str(copy), "--from", str(hdf5)) == 0
+    data, data_b = tmp_path / "data", tmp_path / "data_b"
+    assert run(data, "--only", "features", "--from", str(copy)) == 0
     out = capsys.readouterr().out
+    assert run(data_b, "--only", "features", "--from", str(hdf5)) == 0
+    out += capsys.readouterr().out
     assert (data / ORIGINAL_TSV).read_bytes() == TSV
-    assert (data / "features" / "trainval36.hdf5").read_bytes() == b"\x89HDF\r\n"
-    assert (data / "features" / "trainval36_imgid2idx.pkl").is_file()
+    assert (data_b / "features" / "trainval36.hdf5").read_bytes() == b"\x89HDF\r\n"
+    assert (data_b / "features" / "trainval36_imgid2idx.pkl").is_file()
     assert f"imported {ORIGINAL_TSV} (tsv) from {copy}/feats/trainval_36/some_name.tsv" in out
     assert f"imported features/trainval36.hdf5 (hdf5_trainval36) from {hdf5}:data/trainval36.hdf5" in out
+    assert stand_ins.count(("check_features", data)) == 1 and stand_ins.count(("check_features", data_b)) == 1
+    # both copies into one folder: the second is refused, not mixed with the first
+    assert run(data, "--only", "features", "--from", str(hdf5)) == 1
+    assert "another feature copy is in place (trainval_36/" in capsys.readouterr().err
+    assert not (data / "features").exists()
     assert (copy / "feats/trainval_36/some_name.tsv").read_bytes() == TSV
 
     bad = write_folder(tmp_path / "bad", {"x.tsv": b"35 boxes"})

@@ -150,3 +150,72 @@ def test_a_changed_answer_is_imported_and_reported_by_process_sh(tmp_path: Path,
     process_text(data, log=quiet)
     process_answers(data, log=messages.append)
     assert any("multiple_choice_answer" in m and str(changed["id"]) in m for m in messages), messages
+
+
+def _tsv_rows(path: Path) -> list[bytes]:
+    return path.read_bytes().splitlines(keepends=True)
+
+
+def test_a_feature_row_with_a_box_missing_is_refused_at_import_and_nothing_is_placed(
+        tmp_path: Path, toy_copy: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import base64
+
+    tsv = toy_copy / "bottom_up" / "trainval_resnet101_faster_rcnn_genome_36.tsv"
+    rows = _tsv_rows(tsv)
+    fields = rows[30].rstrip(b"\r\n").split(b"\t")  # image_id, w, h, num_boxes, boxes, features
+    k = int(fields[3])
+    boxes = np.frombuffer(base64.b64decode(fields[4]), np.float32).reshape(k, 4)[:-1]
+    feats = np.frombuffer(base64.b64decode(fields[5]), np.float32).reshape(k, -1)[:-1]
+    fields[3:] = [str(k - 1).encode(), base64.b64encode(boxes.tobytes()), base64.b64encode(feats.tobytes())]
+    rows[30] = b"\t".join(fields) + b"\r\n"
+    tsv.write_bytes(b"".join(rows))
+    data = tmp_path / "data"
+    assert download.main(["--data", str(data), "--from", str(toy_copy)], {}) == 1
+    err = capsys.readouterr().err
+    refusal = next(line for line in err.splitlines() if line.startswith("error: refused features from"))
+    assert f"image_id {int(fields[0])}" in refusal and f"features {k - 1} x" in refusal, refusal
+    assert not (data / "trainval_36").exists() or not any((data / "trainval_36").iterdir())
+    assert not (processed_dir(data) / "features.h5").exists()
+    assert all((data / name).is_file() for name in CP_FILES)  # the json files of the copy are imported
+
+
+def test_features_missing_an_image_the_questions_use_are_refused_at_import(
+        tmp_path: Path, toy_copy: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    tsv = toy_copy / "bottom_up" / "trainval_resnet101_faster_rcnn_genome_36.tsv"
+    rows = _tsv_rows(tsv)
+    dropped = int(rows[5].split(b"\t", 1)[0])
+    tsv.write_bytes(b"".join(rows[:5] + rows[6:]))
+    data = tmp_path / "data"
+    assert download.main(["--data", str(data), "--from", str(toy_copy)], {}) == 1
+    err = capsys.readouterr().err
+    refusal = next(line for line in err.splitlines() if line.startswith("error: refused features from"))
+    assert "1 images that" in refusal and str(dropped) in refusal, refusal
+    assert not (data / "trainval_36" / "trainval_resnet101_faster_rcnn_genome_36.tsv").exists()
+
+
+def test_a_second_feature_copy_is_not_mixed_with_the_one_in_place(tmp_path: Path, toy_copy: Path,
+                                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    data = tmp_path / "data"
+    assert download.main(["--data", str(data), "--from", str(toy_copy)], {}) == 0
+    before = (processed_dir(data) / "features.h5").read_bytes()
+    other = generate_toy_data(tmp_path / "other", CONFIG, progress=False, features_form="hdf5_split36")["out_dir"]
+    capsys.readouterr()
+    assert download.main(["--data", str(data), "--from", str(Path(other) / "features")], {}) == 1
+    err = capsys.readouterr().err
+    assert "another feature copy is in place (trainval_36/" in err, err
+    assert not (data / "features").exists()
+    assert (processed_dir(data) / "features.h5").read_bytes() == before
+    assert download.main(["--data", str(data), "--from", str(toy_copy)], {}) == 0
+    assert "already in place" in capsys.readouterr().err
+
+
+def test_questions_that_arrive_after_the_features_are_checked_against_them(tmp_path: Path, toy_copy: Path) -> None:
+    data = tmp_path / "data"
+    assert download.main(["--data", str(data), "--only", "features", "--from", str(toy_copy)], {}) == 0
+    process_features(data, log=quiet, progress=False)  # up to date: skipped
+    questions = json.loads((toy_copy / "cp_v2_questions" / "vqacp_v2_test_questions.json").read_text())
+    questions[0]["image_id"] = 999_999_999  # an image the features lack
+    (data / "vqacp_v2_test_questions.json").write_text(json.dumps(questions))
+    with pytest.raises(Exception, match=r"1 images that vqacp_v2_test_questions.json uses have no features "
+                                        r"\(first ids: 999999999\)"):
+        process_features(data, log=quiet, progress=False)

@@ -19,6 +19,7 @@ from typing import Any
 
 from tqdm import tqdm
 
+from vqa_cp import feature_forms
 from vqa_cp.files import write_json
 from vqa_cp.provenance import stat_key
 from vqa_cp.sources import Item
@@ -28,7 +29,7 @@ BLOCK = 1 << 20
 SNIFF_BYTES = 512
 
 
-# --- seams to the modules of the verify and forms helpers (tests replace these) ---------------------------
+# --- the deep checks of vqa_cp.verify and vqa_cp.features, imported at call time (features imports torch) --------
 def verify_raw(candidates: dict[str, Path], data_dir: Path, release: bool) -> Any:
     """vqa_cp.verify.verify_raw: a Verdict with `refused` {name: reason} and `notes` [line]."""
     from vqa_cp import verify
@@ -44,16 +45,21 @@ def remember_notes(data_dir: Path, verdict: Any, files: dict[str, Path]) -> None
 
 
 def find_feature_files(root: Path) -> list[Path]:
-    from vqa_cp import feature_forms
-
     return feature_forms.find_feature_files(root)
 
 
 def identify_copy(paths: list[Path]) -> Any:
     """vqa_cp.feature_forms.identify_copy: a FeatureCopy (`form`, `files`); raises VQAError on a bad copy."""
-    from vqa_cp import feature_forms
-
     return feature_forms.identify_copy(paths)
+
+
+def check_features(data_dir: Path) -> None:
+    """Every row of the feature copy in DATA's raw layout checked (finite, shapes, boxes, the questions' images)
+    while it is converted to processed/features.h5 (process.sh's step, remembered by its record); a VQAError
+    names the file and row."""
+    from vqa_cp.features import process_features
+
+    process_features(data_dir)
 
 
 # --- cheap checks -----------------------------------------------------------------------------------

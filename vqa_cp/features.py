@@ -340,6 +340,17 @@ def _sizes_known(record: dict | None, params: dict, data_dir: Path, copy: Featur
     return len(inputs) == len(copy.files)
 
 
+def _check_coverage(data_dir: Path, h5_path: Path, described: str) -> None:
+    """Refuse (one line) features.h5 when the questions now in DATA use images it lacks."""
+    from vqa_cp.feature_forms import coverage_problem
+
+    with h5py.File(h5_path, "r") as h5:
+        image_ids = h5["image_id"][:]
+    problem = coverage_problem(data_dir, image_ids, described)
+    if problem:
+        raise VQAError(problem)
+
+
 def _no_copy(data_dir: Path, processed: Path, log) -> None:
     """No feature copy in the raw layout: skip a current extracted features.h5, else say how to get one."""
     from vqa_cp.feature_forms import FEATURES_DIR, ORIGINAL_TSV
@@ -382,6 +393,7 @@ def process_features(data_dir: str | os.PathLike, fp16: bool = False, log=print,
         if _sizes_known(record, params, data_dir, copy):
             inputs = _input_entries(data_dir, copy, cache)
             if is_current(record, FEATURES_STEP, params, inputs) and features_problem(processed, cache) is None:
+                _check_coverage(data_dir, h5_path, described)  # question files may have come or changed since
                 log(f"skip features: {h5_path} is up to date ({want}, from the {described})")
                 for note in record.get("checks", {}).get("notes", []):
                     log(f"note: {note}")

@@ -31,11 +31,10 @@ from vqa_cp.download import (
     stage_zip,
 )
 from vqa_cp.errors import VQAError
+from vqa_cp.feature_forms import FEATURES_DIR, ORIGINAL_TSV, form_files, relative_name
 from vqa_cp.sources import Item
 
 FEATURE_SUFFIXES = (".tsv", ".hdf5", ".h5", ".pkl", ".npz")
-ORIGINAL_TSV = "trainval_36/trainval_resnet101_faster_rcnn_genome_36.tsv"
-FEATURES_DIR = "features"
 BLOCK = 1 << 20
 
 
@@ -282,7 +281,10 @@ def feature_destination(form: str, path: Path, count: int) -> Path:
 
 
 def import_features(where: str, root: Path, ours: bool, ctx: Context, report: Report) -> None:
-    """Find the feature files under `root` (or `root` itself), identify the copy's form, place its files."""
+    """Find the feature files under `root` (or `root` itself), identify the copy's form, and import it whole or not
+    at all: its files are placed, then every row is checked and converted (`copy_checks.check_features`: one read,
+    remembered by processed/features.h5's record); a copy that fails is removed again. A copy already in place
+    (another form, or other files of this one) is refused rather than mixed with."""
     paths = [root] if root.is_file() else checks.find_feature_files(root)
     if not paths:
         return
@@ -292,15 +294,31 @@ def import_features(where: str, root: Path, ours: bool, ctx: Context, report: Re
         report.refused.append(f"features from {where}: {exc}")
         return
     files = [f for p in copy.files for f in ([p] if p.is_file() else sorted(p.glob("*.npz")))]
-    for path in files:
-        dest = ctx.data / feature_destination(copy.form, path, len(files))
-        if dest.exists():
-            report.in_place.append(str(dest.relative_to(ctx.data)))
-            note(f"{dest} is already in place: {path} not imported")
-            continue
-        place(path, dest, keep_source=not ours)
+    dests = {path: ctx.data / feature_destination(copy.form, path, len(files)) for path in files}
+    if all(dest.is_file() and dest.stat().st_size == path.stat().st_size for path, dest in dests.items()):
+        report.in_place.extend(relative_name(dest, ctx.data) for dest in dests.values())
+        note(f"the {copy.form} features from {where} are already in place: not imported again")
+        return
+    present = form_files(ctx.data)
+    if present:
+        shown = ", ".join(relative_name(p, ctx.data) for p in present[:3])
+        report.refused.append(f"features from {where}: another feature copy is in place ({shown}); remove it "
+                              "(and processed/features.h5) to import this one")
+        return
+    placed: list[Path] = []
+    try:
+        for path, dest in dests.items():
+            place(path, dest, keep_source=not ours)
+            placed.append(dest)
+        checks.check_features(ctx.data)
+    except VQAError as exc:
+        for dest in placed:
+            dest.unlink(missing_ok=True)
+        report.refused.append(f"features from {where}: {exc}")
+        return
+    for path, dest in dests.items():
         label = f"{where}:{path.relative_to(root).as_posix()}" if ours and root.is_dir() else str(path)
-        report.imported.append(f"{dest.relative_to(ctx.data)} ({copy.form}) from {label}")
+        report.imported.append(f"{relative_name(dest, ctx.data)} ({copy.form}) from {label}")
 
 
 def missing_outputs(items: list[Item], data: Path) -> list[str]:
