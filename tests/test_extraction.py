@@ -34,6 +34,7 @@ from vqa_cp.extraction import (
     published_config,
     read_config,
     read_weights,
+    resize_scale,
     resized_size,
     write_random_detector,
 )
@@ -234,13 +235,15 @@ def test_caffe_max_conf_hand_worked():
     # selection: the 2 highest max_conf in order (A then B), objects from the foreground columns, boxes scaled
     probs = torch.cat([scores, torch.full((4, 1), 0.01)], dim=1)  # background last
     attrs = torch.tensor([[0.0, 2.0, 5.0], [3.0, 0.0, 9.0], [0.0, 0.0, 0.0], [1.0, 0.0, 0.0]])
-    unit = (torch.ones(4), torch.ones(4))
-    keep, picked, objects, conf, attr_id, attr_conf = _select_caffe(boxes, probs, attrs, unit, 2)
+    keep, picked, objects, conf, attr_id, attr_conf = _select_caffe(boxes, probs, attrs, 1.0, 2)
     assert keep.tolist() == [0, 1] and conf.tolist() == pytest.approx([0.9, 0.8])
     assert objects.tolist() == [0, 0]  # B's best class, although B survived in class 1 only (as generate_tsv.py)
     assert attr_id.tolist() == [1, 0]  # the last attribute column is background: never chosen
     assert attr_conf[0].item() == pytest.approx(math.exp(2) / (1 + math.exp(2) + math.exp(5)))
     assert torch.equal(picked, boxes[:2])
+    # proposals of an image resized by 0.5: boxes / im_scale in original pixels, where the +1 widths decide
+    keep_half, picked_half = _select_caffe(boxes / 2, probs, attrs, 0.5, 2)[:2]
+    assert keep_half.tolist() == [0, 1] and torch.equal(picked_half, boxes[:2])
 
 
 def test_caffe_max_conf_matches_per_class_loop():
@@ -295,6 +298,9 @@ def test_roi_pool_matches_loops(out):
 
 # ------------------------------------------------------------------------------------------- preprocessing
 def test_resized_sizes_by_hand():
+    # one factor for both axes (generate_tsv.py's im_scale), not the rounded sizes' per-axis ratios
+    assert resize_scale(427, 640, 600, 1000) == 600 / 427 and resize_scale(300, 1000, 600, 1000) == 1.0
+    assert resized_size(427, 640, 600, 1000) == (600, 899)
     assert resized_size(480, 640, 600, 1000) == (600, 800)
     assert resized_size(300, 1000, 600, 1000) == (300, 1000)  # 600 x 2000 scaled back to a 1,000 longer side
     assert resized_size(333, 500, 600, 1000) == (600, 901)  # 900.9 rounds up
@@ -386,9 +392,9 @@ def test_caffe_boxes_are_the_proposals_in_original_pixels(detector):
     picture = images()[1]  # 210 x 120, resized to 160 x 91
     with torch.inference_mode():
         _, proposals, hws = detector._propose([picture])
-    (new_h, new_w), = hws
-    scale = torch.tensor([120 / new_w, 210 / new_h, 120 / new_w, 210 / new_h])
-    candidates = {tuple(np.round(b, 3)) for b in (proposals[0] * scale).numpy().tolist()}
+    im_scale = resize_scale(210, 120, detector.shorter, detector.longest)  # one factor, as generate_tsv.py
+    assert hws[0] == (round(210 * im_scale), round(120 * im_scale))
+    candidates = {tuple(np.round(b, 3)) for b in (proposals[0] / im_scale).numpy().tolist()}
     boxes = detector.extract([picture], select="caffe")[0]["boxes"]
     assert all(tuple(np.round(b, 3)) in candidates for b in boxes.tolist())
 

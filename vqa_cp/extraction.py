@@ -299,15 +299,16 @@ def write_random_detector(folder: str | Path, form: str = "state_dict", seed: in
 
 
 # ------------------------------------------------------------------------------------------------ preprocess
-def resized_size(height: int, width: int, shorter: int, longest: int) -> tuple[int, int]:
-    """The demo's ResizeShortestEdge: the shorter side to `shorter`, then both scaled down so the longer is at
-    most `longest`; each side rounded to the nearest pixel (int(x + 0.5))."""
+def resize_scale(height: int, width: int, shorter: int, longest: int) -> float:
+    """The one factor of the resize: s = shorter / min(h, w), or longest / max(h, w) when s x max(h, w) > longest."""
     scale = shorter / min(height, width)
-    new_h, new_w = (shorter, scale * width) if height < width else (scale * height, shorter)
-    if max(new_h, new_w) > longest:
-        factor = longest / max(new_h, new_w)
-        new_h, new_w = new_h * factor, new_w * factor
-    return int(new_h + 0.5), int(new_w + 0.5)
+    return longest / max(height, width) if scale * max(height, width) > longest else scale
+
+
+def resized_size(height: int, width: int, shorter: int, longest: int) -> tuple[int, int]:
+    """The demo's ResizeShortestEdge: each side times `resize_scale`, rounded to the nearest pixel (int(x + 0.5))."""
+    scale = resize_scale(height, width, shorter, longest)
+    return int(height * scale + 0.5), int(width * scale + 0.5)
 
 
 def preprocess(image: np.ndarray, mean: Tensor, std: Tensor, size: tuple[int, int], device: torch.device) -> Tensor:
@@ -321,12 +322,13 @@ def preprocess(image: np.ndarray, mean: Tensor, std: Tensor, size: tuple[int, in
 
 
 # ------------------------------------------------------------------------------------------------- selections
-def _select_caffe(proposals: Tensor, probs: Tensor, attr_logits: Tensor, scale: tuple[Tensor, Tensor], count: int
+def _select_caffe(proposals: Tensor, probs: Tensor, attr_logits: Tensor, im_scale: float, count: int
                   ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     """generate_tsv.py: the `count` proposals with the highest max_conf (per-class NMS at 0.3, +1 widths, on
-    original-pixel boxes); their proposal boxes; object = best foreground class, attribute = best non-background
-    attribute of the softmax over all attributes (background last in this port)."""
-    boxes = proposals * scale[0] / scale[1]
+    original-pixel boxes = proposals / im_scale, its one resize factor); their proposal boxes; object = best
+    foreground class, attribute = best non-background attribute of the softmax over all attributes (background
+    last in this port)."""
+    boxes = proposals / im_scale
     max_conf = classwise_max_conf(boxes, probs[:, :-1], CAFFE_NMS)
     keep = torch.sort(max_conf, descending=True, stable=True).indices[:count]
     objects_conf, objects_id = probs[keep, :-1].max(dim=1)
@@ -441,7 +443,8 @@ class BottomUpDetector:
             probs = logits.softmax(dim=-1)
             picked = None
             if select == "caffe" and len(props) >= self.num_boxes:
-                picked = _select_caffe(props, probs, attr_logits, scale, self.num_boxes)
+                im_scale = resize_scale(height, width, self.shorter, self.longest)
+                picked = _select_caffe(props, probs, attr_logits, im_scale, self.num_boxes)
             elif select == "lxmert":
                 picked = _select_lxmert(props, probs, deltas, attr_logits, scale, hw, self.box_weights,
                                         self.nms_thresholds, self.num_boxes)
