@@ -129,6 +129,7 @@ def test_a_vqacp_copy_missing_a_question_is_refused_and_nothing_is_put_in_place(
     refusals = [line for line in err.splitlines() if line.startswith("error: refused vqacp_v2_")]
     assert len(refusals) == 4 and str(dropped["id"]) in err, err
     assert not any((data / name).exists() for name in CP_FILES)
+    assert "error: refused v2_" not in err and (data / "v2_mscoco_val2014_annotations.json").is_file(), err  # kept
 
 
 def test_a_changed_answer_is_imported_and_reported_by_process_sh(tmp_path: Path, toy_copy: Path,

@@ -371,3 +371,49 @@ def test_a_repeated_question_id_or_a_missing_candidate_is_refused(toy, tmp_path)
     refused = verify.verify_raw({**v2, **gone}, tmp_path / "empty", release=False).refused
     assert refused == {V2_QUESTIONS["test2015"]: f"{v2[V2_QUESTIONS['test2015']]}: question_id {qid} occurs 2 times",
                        GLOVE: f"{tmp_path / 'nowhere.txt'}: not found (or not a file)"}
+
+
+# ------------------------------------------------------------------- VQA-CP fails against VQA v2: who is refused
+
+
+def _drop_a_test_question(files: dict[str, Path]) -> int:
+    """Remove one question (and its annotation) from the VQA-CP test split; its question_id."""
+    dropped = []
+    edit(files[CP_QUESTIONS["test"]], lambda e: dropped.append(e.pop(3)["question_id"]))
+    edit(files[CP_ANNOTATIONS["test"]], lambda e: e.remove(next(a for a in e if a["question_id"] == dropped[0])))
+    return dropped[0]
+
+
+def test_good_vqa_v2_is_kept_when_the_vqacp_copy_in_place_fails_against_it(toy, tmp_path):
+    data = tmp_path / "data"
+    dropped = _drop_a_test_question(place(toy, data, CP_FILES))  # the bad VQA-CP copy is already in place
+    v2 = place(toy, tmp_path / "download", V2_FILES)
+    verdict = verify.verify_raw(v2, data, release=False)
+    assert verdict.refused == {}  # VQA v2 passes its own checks: kept
+    failed = [n for n in verdict.notes if "fails its check" in n]
+    assert len(failed) == 1 and "\n" not in failed[0]
+    assert failed[0].startswith("VQA-CP v2 in place fails its check against VQA v2 (")
+    assert f"1 VQA v2 questions missing (question_id {dropped})" in failed[0]
+    place(toy, data, V2_FILES)  # download.sh puts VQA v2 in place and remembers the notes
+    verify.remember(data, verdict, {n: data / n for n in V2_FILES})
+    with pytest.raises(VQAError) as caught:
+        process_answers(data, log=lambda line: None)
+    message = str(caught.value)
+    assert "\n" not in message and message.startswith(f"{data / CP_QUESTIONS['train']} fails its check: VQA-CP v2 (")
+    assert f"is not a re-split of VQA v2 train2014 + val2014: 1 VQA v2 questions missing (question_id {dropped})" \
+        in message
+    assert not (data / "processed" / "cp").exists()
+
+
+def test_both_candidates_and_the_relation_fails_only_vqacp_is_refused(toy, tmp_path):
+    candidates = place(toy, tmp_path / "import", [*CP_FILES, *V2_FILES])
+    dropped = _drop_a_test_question(candidates)
+    refused = verify.verify_raw(candidates, tmp_path / "empty", release=False).refused
+    assert set(refused) == set(CP_FILES) and f"(question_id {dropped})" in refused[CP_QUESTIONS["test"]]
+    # VQA v2 failing its own check is refused alone; VQA-CP waits for a good VQA v2 (the relation is skipped)
+    good = place(toy, tmp_path / "good", [*CP_FILES, *V2_FILES])
+    edit(good[V2_ANNOTATIONS["val2014"]], lambda e: e[1].__setitem__("image_id", 7))
+    verdict = verify.verify_raw(good, tmp_path / "empty", release=False)
+    assert set(verdict.refused) == {V2_QUESTIONS["val2014"], V2_ANNOTATIONS["val2014"]}
+    skipped = [n for n in verdict.notes if "skipped" in n]
+    assert len(skipped) == 1 and verdict.waits_for[skipped[0]] == (V2_QUESTIONS["val2014"], V2_ANNOTATIONS["val2014"])

@@ -9,7 +9,9 @@
   matches its question file; a copy of all 658,111 questions has the release's 438,183 / 219,928 split.
   Reported (the copy is kept): question text, answers, multiple_choice_answer, question_type, answer_type
   that differ from the VQA v2 entry. Without VQA v2 in place the relation is skipped, in one line, and
-  `check_pending` (tools/process.sh) runs it once VQA v2 is there.
+  `check_pending` (tools/process.sh) runs it once VQA v2 is there. A failed relation refuses only the VQA-CP
+  candidates: VQA v2 is refused by its own checks alone. A VQA-CP copy already in place that fails against
+  new VQA v2 files leaves one note, pending, so that `check_pending` refuses to process it.
 - GloVe (glove/glove.6B.{50,100,200,300}d.txt): every line a word and exactly that many numbers.
 The release's absolute counts refuse a download (`release=True`) and are a note for an imported copy.
 
@@ -66,12 +68,16 @@ class Verdict:
     waits_for: dict[str, tuple[str, ...]] = field(default_factory=dict)
     checked: set[str] = field(default_factory=set)
     release: bool = True
+    pending_release: dict[str, bool] = field(default_factory=dict)  # a pending check's own `release`
 
-    def note(self, text: str, names: Iterable[str], waits_for: Iterable[str] = ()) -> None:
+    def note(self, text: str, names: Iterable[str], waits_for: Iterable[str] = (),
+             release: bool | None = None) -> None:
         self.notes.append(text)
         self.about[text] = tuple(names)
         if waits_for:
             self.waits_for[text] = tuple(waits_for)
+        if release is not None:
+            self.pending_release[text] = release
 
 
 def _count(n: int) -> str:
@@ -275,14 +281,22 @@ def _aligned(v2_ids: np.ndarray, ids: np.ndarray) -> np.ndarray:
     return order[np.searchsorted(v2_ids[order], ids)]
 
 
-def _cp_against_v2(inputs: _Inputs) -> None:
-    """The hard relation to VQA v2: the union of the splits, every image_id and coco_split (else VQAError)."""
-    v2_q = [V2_QUESTIONS[s] for s in ("train2014", "val2014")]
-    v2_a = [V2_ANNOTATIONS[s] for s in ("train2014", "val2014")]
-    for q_name, a_name in zip(v2_q, v2_a):
-        problem = pair_problem(inputs, q_name, a_name)
+def _v2_train_val_problem(inputs: _Inputs) -> str | None:
+    """Why VQA v2 train2014 / val2014 (questions and annotations) cannot serve the relation, or None."""
+    for subset in ("train2014", "val2014"):
+        try:
+            problem = pair_problem(inputs, V2_QUESTIONS[subset], V2_ANNOTATIONS[subset])
+        except VQAError as exc:
+            problem = str(exc)
         if problem:
-            raise VQAError(f"cannot check VQA-CP against VQA v2: {problem}")
+            return problem
+    return None
+
+
+def _cp_against_v2(inputs: _Inputs) -> None:
+    """The hard relation to VQA v2: the union of the splits, every image_id and coco_split (else VQAError).
+    VQA v2's own pairs are checked before (`_v2_train_val_problem`)."""
+    v2_q = [V2_QUESTIONS[s] for s in ("train2014", "val2014")]
     cp_q = [CP_QUESTIONS[s] for s in CP_SPLITS]
     v2_ids = np.concatenate([inputs.ids(n)[0] for n in v2_q])
     v2_images = np.concatenate([inputs.ids(n)[1] for n in v2_q])
@@ -354,7 +368,18 @@ def _field_differences(inputs: _Inputs) -> str | None:
             f"question_id {first[0]} field '{first[1]}' in {first[2]}")
 
 
+def _in_place_fails(inputs: _Inputs, reason: str, cp_names: list[str], v2_candidates: list[str]) -> None:
+    """The VQA-CP copy in place fails its check against the VQA v2 candidates (which are kept): one note,
+    pending on those candidates, so that `check_pending` reruns the check and refuses to process the copy."""
+    inputs.verdict.note(
+        f"VQA-CP v2 in place fails its check against VQA v2 ({', '.join(v2_candidates)}): {reason}; "
+        "tools/process.sh refuses it until it is replaced (tools/download.sh --from PATH)",
+        cp_names + v2_candidates, waits_for=v2_candidates, release=False)
+
+
 def _check_cp(inputs: _Inputs, release: bool) -> None:
+    """VQA-CP alone, then against VQA v2: a failure refuses the VQA-CP candidates only (VQA v2 is refused
+    by `_check_v2` alone); with no VQA-CP candidate, a failure of the copy in place is a pending note."""
     verdict = inputs.verdict
     cp_names = [*CP_QUESTIONS.values(), *CP_ANNOTATIONS.values()]
     v2_names = [V2_QUESTIONS["train2014"], V2_QUESTIONS["val2014"], *V2_ANNOTATIONS.values()]
@@ -373,18 +398,33 @@ def _check_cp(inputs: _Inputs, release: bool) -> None:
         if cp_candidates:
             inputs.refuse(cp_names, str(exc))
         else:
-            verdict.note(f"VQA-CP v2 in place fails its check: {exc}", cp_names)
+            _in_place_fails(inputs, str(exc), cp_names, v2_candidates)
         return
     v2_missing = [n for n in v2_names if inputs.path(n) is None]
     if v2_missing:
         verdict.note(f"VQA-CP v2 not checked against VQA v2 (skipped): {', '.join(v2_missing)} not in place; "
                      "tools/process.sh checks it once they are", cp_names, waits_for=v2_missing)
         return
+    v2_refused = [n for n in v2_candidates if n in verdict.refused]
+    if v2_refused:  # not put in place: the check waits for good ones
+        if cp_candidates:
+            verdict.note(f"VQA-CP v2 not checked against VQA v2 (skipped): {', '.join(v2_refused)} refused; "
+                         "tools/process.sh checks it once good ones are in place", cp_names, waits_for=v2_refused)
+        return
+    problem = _v2_train_val_problem(inputs)  # candidates with a problem were refused: VQA v2 in place
+    if problem:
+        if cp_candidates:
+            verdict.note(f"VQA-CP v2 not checked against VQA v2: the VQA v2 in place fails its own check: {problem}",
+                         cp_names)
+        return
     try:
         _cp_against_v2(inputs)
         line = _field_differences(inputs)
     except VQAError as exc:
-        inputs.refuse(cp_names + v2_names, str(exc))
+        if cp_candidates:
+            inputs.refuse(cp_names, str(exc))
+        else:
+            _in_place_fails(inputs, str(exc), cp_names, v2_candidates)
         return
     if line:
         verdict.note(line, cp_names + v2_names)
@@ -557,7 +597,8 @@ def remember(data_dir: Path, verdict: Verdict, files: dict[str, Path]) -> None:
                 continue  # about no file that exists: nothing could tell when it stops applying
             entry: dict[str, Any] = {"note": note, "files": digests}
             if note in verdict.waits_for:
-                entry["pending"] = {"waits_for": list(verdict.waits_for[note]), "release": verdict.release}
+                release = verdict.pending_release.get(note, verdict.release)
+                entry["pending"] = {"waits_for": list(verdict.waits_for[note]), "release": release}
             entries.append(entry)
     write_json(data_dir / NOTES_FILE, {"format": NOTES_FORMAT, "entries": entries}, indent=1)
 
@@ -593,7 +634,7 @@ def check_pending(data_dir: Path, log: Callable[[str], None] = print) -> None:
         with digest_cache(processed_dir(data_dir)) as cache:
             if not _unchanged(data_dir, entry["files"], cache):
                 continue
-        names = [n for n in entry["files"] if n in CHECKED_FILES]
+        names = [n for n in entry["files"] if n in CHECKED_FILES and n not in waits]  # waited-for: in place
         log(f"checking {', '.join(names)} now that {', '.join(waits)} are in place")
         verdict = verify_raw({n: data_dir / n for n in names}, data_dir, bool(pending.get("release")))
         if verdict.refused:
