@@ -65,6 +65,21 @@ def under_torchrun() -> bool:
     return int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
+def run_front(main: Callable[[list[str]], object], argv: list[str]) -> None:
+    """A command-line front that may run under torchrun: `run_cli(main(argv))`, then, under torchrun, an exit
+    without interpreter finalization (every file is written and closed; leftover gloo worker threads can abort
+    the process there after a successful run)."""
+    import sys
+
+    from vqa_cp.errors import run_cli
+
+    run_cli(lambda: main(argv))
+    if under_torchrun():
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
+
+
 def barrier() -> None:
     if is_distributed():
         dist.barrier()

@@ -368,6 +368,14 @@ def _field_differences(inputs: _Inputs) -> str | None:
             f"question_id {first[0]} field '{first[1]}' in {first[2]}")
 
 
+def _cp_fails(inputs, reason: str, cp_candidates: list[str], cp_names: list[str], v2_candidates: list[str]) -> None:
+    """A failed VQA-CP check refuses the VQA-CP candidates; with none, the copy in place is held (`_in_place_fails`)."""
+    if cp_candidates:
+        inputs.refuse(cp_names, reason)
+    else:
+        _in_place_fails(inputs, reason, cp_names, v2_candidates)
+
+
 def _in_place_fails(inputs: _Inputs, reason: str, cp_names: list[str], v2_candidates: list[str]) -> None:
     """The VQA-CP copy in place fails its check against the VQA v2 candidates (which are kept): one note,
     pending on those candidates, so that `check_pending` reruns the check and refuses to process the copy."""
@@ -395,10 +403,7 @@ def _check_cp(inputs: _Inputs, release: bool) -> None:
     try:
         _check_cp_alone(inputs, release)
     except VQAError as exc:
-        if cp_candidates:
-            inputs.refuse(cp_names, str(exc))
-        else:
-            _in_place_fails(inputs, str(exc), cp_names, v2_candidates)
+        _cp_fails(inputs, str(exc), cp_candidates, cp_names, v2_candidates)
         return
     v2_missing = [n for n in v2_names if inputs.path(n) is None]
     if v2_missing:
@@ -421,10 +426,7 @@ def _check_cp(inputs: _Inputs, release: bool) -> None:
         _cp_against_v2(inputs)
         line = _field_differences(inputs)
     except VQAError as exc:
-        if cp_candidates:
-            inputs.refuse(cp_names, str(exc))
-        else:
-            _in_place_fails(inputs, str(exc), cp_names, v2_candidates)
+        _cp_fails(inputs, str(exc), cp_candidates, cp_names, v2_candidates)
         return
     if line:
         verdict.note(line, cp_names + v2_names)
