@@ -311,3 +311,37 @@ def test_a_real_width_glove_line_passes_the_first_bytes_check(tmp_path: Path, wo
     assert "HTML" in copy_checks.sniff_problem(path, "glove/glove.6B.300d.txt")
     path.write_text("w" + " 0.1 x0.2" * 150 + "\n")
     assert copy_checks.sniff_problem(path, "glove/glove.6B.300d.txt").startswith("not a GloVe text file")
+
+
+def test_bad_data_folder_and_empty_copy_are_one_line_through_the_script(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    copy = write_folder(tmp_path / "copy", common_layout())
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    script = Path(__file__).resolve().parents[1] / "tools" / "download.sh"
+    env = {**os.environ, "PYTHON": sys.executable}
+    done = subprocess.run(["bash", str(script), "--data", str(afile), "--from", str(copy)], capture_output=True,
+                          text=True, env=env, timeout=60)
+    assert done.returncode == 1 and done.stderr == f"error: --data {afile} is a file, not a folder (choose another " \
+                                                   "--data)\n", done.stderr
+    done = subprocess.run(["bash", str(script), "--data", str(tmp_path / "data"), "--from", str(empty)],
+                          capture_output=True, text=True, env=env, timeout=60)
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert f"error: --from {empty}: holds no file download.sh knows" in done.stderr
+    assert "1 --from path(s) unreadable or empty" in done.stdout
+
+
+def test_a_bad_json_in_place_is_moved_aside_and_replaced_by_the_copy(tmp_path: Path, stand_ins: list,
+                                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    copy = write_folder(tmp_path / "copy", common_layout())
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "vqacp_v2_train_questions.json").write_bytes(HTML)
+    assert run(data, "--from", str(copy), "--only", "vqacp") == 0
+    assert (data / "vqacp_v2_train_questions.json").read_bytes() == CP["vqacp_v2_train_questions.json"]
+    assert (data / "vqacp_v2_train_questions.json.bad").read_bytes() == HTML
+    assert "moved to vqacp_v2_train_questions.json.bad" in capsys.readouterr().err

@@ -531,4 +531,8 @@ def main(argv: list[str] | None = None, env: Mapping[str, str] | None = None) ->
 
 
 if __name__ == "__main__":
-    raise SystemExit(run_cli(main))
+    # run as `python -m vqa_cp.download`: call the imported module's main, so that import_copy (which imports
+    # vqa_cp.download) and this run share one LocalProblem class
+    from vqa_cp import download
+
+    raise SystemExit(run_cli(download.main))

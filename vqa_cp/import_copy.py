@@ -62,6 +62,7 @@ class Names:
         self.raw: dict[str, str] = {}
         self.units: dict[str, Item] = {}
         self.features = any(item.group == "features" for item in items)
+        self.groups = sorted({item.group for item in items})
         for item in items:
             if item.extract or all(o.check == "none" for o in item.outputs):
                 self.units[item.name] = item
@@ -186,7 +187,11 @@ def archive_kind(path: Path) -> str | None:
 def scan(source: Path, plan: Plan, names: Names, data: Path, index: int) -> None:
     """Add what `source` (folder, archive or file) holds to `plan`."""
     if source.is_dir():
+        before = len(plan.raw) + len(plan.units)
         scan_folder(source, plan, names, ours=False)
+        if len(plan.raw) + len(plan.units) == before and not (names.features and checks.find_feature_files(source)):
+            error(f"--from {source}: holds no file download.sh knows (for the groups {', '.join(names.groups)})")
+            plan.failed += 1
     elif not source.is_file():
         error(f"--from {source}: no such file or folder")
         plan.failed += 1
@@ -226,7 +231,14 @@ def import_raw(plan: Plan, ctx: Context, report: Report) -> None:
     """Check the single raw files together (verify_raw sees them as one copy), then place those not refused."""
     todo = {}
     for name, found in plan.raw.items():
-        if (ctx.data / name).exists():
+        in_place = ctx.data / name
+        problem = checks.sniff_problem(in_place, name) if in_place.is_file() else None
+        if problem is None and in_place.is_file() and name.endswith(".json"):
+            problem = checks.json_problem(in_place)
+        if problem:  # a bad file in place (an error page saved under the name): aside, as download.sh does
+            os.replace(in_place, in_place.with_name(in_place.name + ".bad"))
+            note(f"{in_place} in place is bad ({problem}); moved to {in_place.name}.bad")
+        if in_place.exists():
             report.in_place.append(name)
             note(f"{ctx.data / name} is already in place: {found.where} not imported (remove it to import this copy)")
         else:
@@ -354,6 +366,7 @@ def import_all(sources: list[Path], items: list[Item], ctx: Context) -> int:
         error(f"refused {line}")
     missing = missing_outputs(items, ctx.data)
     print(f"still missing: {', '.join(missing)}" if missing else "nothing missing for the selected groups")
+    unreadable = f", {plan.failed} --from path(s) unreadable or empty" if plan.failed else ""
     print(f"summary: {len(report.imported)} imported, {len(report.in_place)} already in place, "
-          f"{len(report.refused)} refused")
+          f"{len(report.refused)} refused{unreadable}")
     return 1 if report.refused or plan.failed else 0
