@@ -121,6 +121,11 @@ def test_bad_checkpoints_are_one_line(small_folder, tmp_path):
         torch.save(broken, folder / WEIGHTS_NAME)
         message = one_line_error(lambda: BottomUpDetector.from_pretrained(folder))
         assert str(folder / WEIGHTS_NAME) in message and expected in message
+    whole = (small_folder / WEIGHTS_NAME).read_bytes()
+    for cut in (len(whole) // 2, len(whole) - 10):  # a download cut short, in the data or in the central directory
+        (folder / WEIGHTS_NAME).write_bytes(whole[:cut])
+        message = one_line_error(lambda: BottomUpDetector.from_pretrained(folder))
+        assert f"{folder / WEIGHTS_NAME}: a torch checkpoint (zip) cut short or damaged" in message, message
 
 
 class _RunsCode:

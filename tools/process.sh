@@ -18,7 +18,10 @@ while [[ $# -gt 0 ]]; do
            exit 2 ;;
     esac
 done
-if [[ ! -d "$DATA" ]]; then
+if [[ -e "$DATA" && ! -d "$DATA" ]]; then
+    echo "error: --data $DATA is a file, not a folder" >&2
+    exit 2
+elif [[ ! -d "$DATA" ]]; then
     echo "error: data directory not found: $DATA" >&2
     exit 2
 fi

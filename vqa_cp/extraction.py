@@ -167,7 +167,12 @@ def read_weights(path: Path) -> dict[str, Tensor]:
     norm `gamma` / `beta` are renamed `weight` / `bias` as the demo does."""
     if not path.is_file():
         raise VQAError(f"{path}: not found (the detector folder needs {CONFIG_NAME} and {WEIGHTS_NAME})")
-    if zipfile.is_zipfile(path):
+    with open(path, "rb") as f:
+        zip_signature = f.read(4) == b"PK\x03\x04"
+    if zip_signature and not zipfile.is_zipfile(path):
+        raise VQAError(f"{path}: a torch checkpoint (zip) cut short or damaged: it has no central directory "
+                       f"({path.stat().st_size:,} bytes; download it again)")
+    if zip_signature:
         try:
             data = torch.load(path, map_location="cpu", weights_only=True)
         except (pickle.UnpicklingError, RuntimeError, EOFError) as exc:
