@@ -272,13 +272,152 @@ def test_a_kill_between_assembly_and_record_is_finished_by_the_next_run(tmp_path
     with monkeypatch.context() as patch:
         patch.setattr(imf, "make_record", killed)
         with pytest.raises(KeyboardInterrupt):
-            run(flags([zipped], weights, data))
+            run(flags([zipped], weights, data, "--tsv"))
     processed = data / "processed"
     assert (processed / FEATURES_FILE).is_file() and features_problem(processed) is not None
+    assert (processed / imf.TSV_NAME).is_file()  # moved into place: the next run knows it as the assembled one
     again = FakeDetector()
-    run(flags([zipped], weights, data), again)
+    run(flags([zipped], weights, data, "--tsv"), again)
     assert again.images == 0 and features_problem(processed) is None
     assert not (processed / imf.WORK_DIR).exists()
+    tsv = read_record(record_path(processed, "features"))["tsv"]
+    assert tsv["path"] == imf.TSV_NAME  # relative to processed/: a moved data folder keeps it
+    assert tsv["size"] == (processed / imf.TSV_NAME).stat().st_size
+    import hashlib
+    assert tsv["sha256"] == hashlib.sha256((processed / imf.TSV_NAME).read_bytes()).hexdigest()
+
+
+def _killed_before_finish(monkeypatch, args: list[str]) -> None:
+    """A run killed after its features.h5 (and TSV) are assembled in the work folder, before `finish`."""
+    def killed(*a, **k):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as patch:
+        patch.setattr(imf, "finish", killed)
+        with pytest.raises(KeyboardInterrupt):
+            run(args)
+
+
+def _tsv_of(arrays: dict[str, np.ndarray]) -> bytes:
+    """The TSV an independent writer makes of float32 arrays (base64 float32, \\r\\n rows)."""
+    import base64
+    lines = []
+    for r, image_id in enumerate(arrays["image_id"].tolist()):
+        boxes = base64.b64encode(arrays["boxes"][r].astype(np.float32).tobytes()).decode()
+        feats = base64.b64encode(arrays["features"][r].astype(np.float32).tobytes()).decode()
+        lines.append(f"{image_id}\t{arrays['image_w'][r]}\t{arrays['image_h'][r]}\t{len(arrays['boxes'][r])}\t"
+                     f"{boxes}\t{feats}\r\n")
+    return "".join(lines).encode()
+
+
+def test_a_rerun_after_assembly_with_other_fp16_or_tsv_reassembles_from_the_blocks(tmp_path, weights, monkeypatch):
+    zipped = coco_zip(tmp_path / "train2014.zip", [1, 2, 3], seed=9)
+    reference = tmp_path / "reference"
+    reference.mkdir()
+    run(flags([zipped], weights, reference))
+    want = h5_arrays(reference / "processed" / FEATURES_FILE)  # float32
+    data = tmp_path / "data"
+    data.mkdir()
+    processed = data / "processed"
+    # assembled as float32 without a TSV, then asked again with --fp16 --tsv
+    _killed_before_finish(monkeypatch, flags([zipped], weights, data, "--block-size", "2"))
+    again = FakeDetector()
+    messages = []
+    run(flags([zipped], weights, data, "--block-size", "2", "--fp16", "--tsv"), again, messages.append)
+    arrays = h5_arrays(processed / FEATURES_FILE)
+    record = read_record(record_path(processed, "features"))
+    assert again.images == 0 and arrays["features"].dtype == np.float16 and record["params"]["fp16"] is True
+    np.testing.assert_array_equal(arrays["features"], want["features"].astype(np.float16))
+    assert (processed / imf.TSV_NAME).read_bytes() == _tsv_of(want)  # float32, from the blocks
+    assert features_problem(processed) is None and not (processed / imf.WORK_DIR).exists()
+    assert any(m.endswith(f"and {processed / imf.TSV_NAME}") for m in messages)
+    # and back: assembled as float16, finished as float32
+    other = tmp_path / "other"
+    other.mkdir()
+    _killed_before_finish(monkeypatch, flags([zipped], weights, other, "--block-size", "2", "--fp16"))
+    run(flags([zipped], weights, other, "--block-size", "2"), again)
+    arrays = h5_arrays(other / "processed" / FEATURES_FILE)
+    assert again.images == 0 and arrays["features"].dtype == np.float32
+    assert read_record(record_path(other / "processed", "features"))["params"]["fp16"] is False
+    np.testing.assert_array_equal(arrays["features"], want["features"])
+
+
+def test_a_kill_while_assembling_again_is_assembled_by_the_next_run_without_force(tmp_path, weights, monkeypatch):
+    zipped = coco_zip(tmp_path / "train2014.zip", [1, 2, 3], seed=12)
+    data = tmp_path / "data"
+    data.mkdir()
+    processed = data / "processed"
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as patch:  # features.h5 and TSV moved into place, no record yet
+        patch.setattr(imf, "make_record", killed)
+        with pytest.raises(KeyboardInterrupt):
+            run(flags([zipped], weights, data, "--tsv"))
+    with monkeypatch.context() as patch:  # then killed while assembling again as float16
+        patch.setattr(imf, "write_features_h5", killed)
+        with pytest.raises(KeyboardInterrupt):
+            run(flags([zipped], weights, data, "--tsv", "--fp16"))
+    again = FakeDetector()
+    run(flags([zipped], weights, data, "--tsv", "--fp16"), again)  # ours, not foreign: no --force needed
+    arrays = h5_arrays(processed / FEATURES_FILE)
+    assert again.images == 0 and arrays["features"].dtype == np.float16 and features_problem(processed) is None
+    assert read_record(record_path(processed, "features"))["params"]["fp16"] is True
+    assert not (processed / imf.WORK_DIR).exists()
+    tsv = decode_row((processed / imf.TSV_NAME).read_bytes().split(b"\r\n")[0])
+    np.testing.assert_array_equal(tsv.features.astype(np.float16), arrays["features"][0])
+
+
+def test_a_tsv_that_is_not_the_recorded_one_is_written_again(tmp_path, weights):
+    zipped = coco_zip(tmp_path / "train2014.zip", [4, 5], seed=10)
+    data = tmp_path / "data"
+    data.mkdir()
+    processed = data / "processed"
+    tsv_path = processed / imf.TSV_NAME
+    run(flags([zipped], weights, data, "--tsv"))
+    good = tsv_path.read_bytes()
+    assert good == _tsv_of(h5_arrays(processed / FEATURES_FILE))
+    for damaged in (b"something else\r\n", good[:-1] + b"X"):  # other size; same size, other bytes
+        tsv_path.write_bytes(damaged)
+        again = FakeDetector()
+        messages = []
+        run(flags([zipped], weights, data, "--tsv"), again, messages.append)
+        assert again.images == 0 and tsv_path.read_bytes() == good
+        assert any(m == f"wrote {tsv_path} from it" for m in messages)
+    # a float16 features.h5 cannot give it: extracted again
+    run(flags([zipped], weights, data, "--tsv", "--fp16", "--force"))
+    tsv_path.write_bytes(b"damaged")
+    again = FakeDetector()
+    run(flags([zipped], weights, data, "--tsv", "--fp16"), again)
+    assert again.images == 2 and tsv_path.read_bytes() == good
+    messages = []
+    run(flags([zipped], weights, data, "--tsv", "--fp16"), again, messages.append)
+    assert again.images == 2 and any(m.startswith("skip:") for m in messages)
+
+
+def test_a_foreign_file_at_the_tsv_path_is_not_replaced_without_force(tmp_path, weights):
+    zipped = coco_zip(tmp_path / "train2014.zip", [6, 7], seed=11)
+    data = tmp_path / "data"
+    data.mkdir()
+    foreign = tmp_path / "mine.tsv"
+    foreign.write_bytes(b"not ours")
+    for extra in ([], ["--fp16"]):  # no features.h5 yet; then with a current float32 one ...
+        with pytest.raises(VQAError, match=r"^[^\n]*mine.tsv: already exists .* pass --force") as error:
+            run(flags([zipped], weights, data, "--tsv", str(foreign), *extra))
+        assert foreign.read_bytes() == b"not ours"
+        run(flags([zipped], weights, data))
+    processed = data / "processed"
+    # ... which, up to date, used to skip the TSV because a file was there
+    with pytest.raises(VQAError, match="mine.tsv: already exists"):
+        run(flags([zipped], weights, data, "--tsv", str(foreign)))
+    assert "\n" not in str(error.value)
+    again = FakeDetector()
+    run(flags([zipped], weights, data, "--tsv", str(foreign), "--force"), again)
+    assert again.images == 0 and foreign.read_bytes() == _tsv_of(h5_arrays(processed / FEATURES_FILE))
+    messages = []
+    run(flags([zipped], weights, data, "--tsv", str(foreign)), again, messages.append)
+    assert any(m.startswith("skip:") for m in messages)
 
 
 def test_two_torchrun_ranks_write_the_file_of_one_process(tmp_path, weights):

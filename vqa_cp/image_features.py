@@ -9,7 +9,9 @@ config, selection, amp, the image list, the block size). A restarted run skips t
 killed at any point resumes without recomputing them. Under torchrun the ranks take disjoint shares of the
 blocks still to do; rank 0 then assembles every block, in image_id order, into `DATA/processed/features.h5`
 (`features.write_features_h5`, optionally also the TSV form) with a step "features" provenance record, and
-removes the work folder.
+removes the work folder. The key leaves out --fp16 and --tsv (blocks are float32): `assembled.json` names what
+was assembled, and a rerun with other flags assembles again from the blocks. The record names the TSV (path,
+size, SHA-256); a TSV that no longer matches is written again, a file at --tsv it does not name needs --force.
 """
 
 from __future__ import annotations
@@ -305,6 +307,25 @@ def _record_is_current(processed: Path, record: dict | None, params: dict, input
         return output_problem(processed, record, cache, {FEATURES_FILE: h5_summary}) is None
 
 
+def _tsv_entry(path: Path, digest: str, processed: Path) -> dict[str, Any]:
+    """The record's entry of a TSV written by the extraction: where it is, its size and SHA-256."""
+    return {"path": _input_name(path, processed), "size": path.stat().st_size, "sha256": digest}
+
+
+def _tsv_matches(path: Path, want: dict | None, processed: Path) -> bool:
+    """True when the file at `path` has the size and SHA-256 of `want` (a TSV entry; None: no TSV)."""
+    if not want or not path.is_file() or path.stat().st_size != want.get("size"):
+        return False
+    with digest_cache(processed) as cache:
+        return cache.digest(path) == want.get("sha256")
+
+
+def _is_ours(path: Path, record: dict | None, processed: Path) -> bool:
+    """A file at `path` is this project's TSV when the features record names that path (relative to
+    DATA/processed/ when inside it, so that a moved data folder keeps it)."""
+    return bool(record and (record.get("tsv") or {}).get("path") == _input_name(path, processed))
+
+
 def failure_message(failed: Sequence[Sequence[Any]], h5_path: Path) -> str:
     """One line naming every image that could not be used (the first SHOWN_FAILURES with reasons)."""
     shown = "; ".join(f"{where} ({reason})" for _, where, reason in failed[:SHOWN_FAILURES])
@@ -318,7 +339,8 @@ class Plan:
     """What rank 0 decided and every rank follows."""
 
     status: str = "extract"  # "current" (nothing to do), "tsv" (only the TSV to write from features.h5),
-    # "finish" (assembled, not yet in place), "extract"
+    # "finish" (assembled, not yet in place), "assemble" (assembled with other --fp16/--tsv: again from the
+    # blocks, no detector), "extract"
     error: str | None = None
     key: str = ""
     images_sha256: str = ""
@@ -379,16 +401,44 @@ def _prepare(opts: ExtractOptions, entries: list[ImageEntry], log: Callable[[str
     }, sort_keys=True).encode()).hexdigest()[:16]
     work = work_folder(processed, plan.key)
     record = read_record(record_path(processed, FEATURES_STEP))
-    current = _record_is_current(processed, record, plan.params, plan.inputs)
-    if (work / ASSEMBLED_FILE).is_file():
-        plan.status = "finish"
-    elif current and (opts.tsv is None or opts.tsv.is_file() or not opts.fp16):
+    assembled = _read_assembled(work)
+    _refuse_foreign_tsv(opts, record, assembled, processed)
+    if assembled is not None:  # this extraction, (being) assembled: finished, or assembled again to these flags
+        same = (not assembled.get("assembling") and assembled.get("fp16") == opts.fp16
+                and (opts.tsv is None or assembled.get("tsv") is not None))
+        plan.status = "finish" if same else "assemble"
+        if not same:
+            log(f"{work}: not assembled with these --fp16/--tsv flags; assembling again from its blocks")
+        return plan
+    tsv_ok = opts.tsv is None or (_is_ours(opts.tsv, record, processed)
+                                  and _tsv_matches(opts.tsv, record["tsv"], processed))
+    if _record_is_current(processed, record, plan.params, plan.inputs) and (tsv_ok or not opts.fp16):
         # a float32 features.h5 gives the TSV a later --tsv asks for; a float16 one cannot
-        plan.status = "current" if opts.tsv is None or opts.tsv.is_file() else "tsv"
+        plan.status = "current" if tsv_ok else "tsv"
         plan.failed = list(record.get("failed_images", []))
     elif not opts.force and (refusal := _existing_refusal(h5_path, record, plan.params, plan.inputs)):
         raise VQAError(refusal)
     return plan
+
+
+def _read_assembled(work: Path) -> dict | None:
+    """The work folder's assembled.json (None when absent or unreadable: the assembly is then redone)."""
+    try:
+        info = json.loads((work / ASSEMBLED_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return info if isinstance(info, dict) else None
+
+
+def _refuse_foreign_tsv(opts: ExtractOptions, record: dict | None, assembled: dict | None, processed: Path) -> None:
+    """A file at --tsv that this extraction did not write (not named by the record, not the assembled TSV
+    already moved there) is not replaced without --force."""
+    if opts.tsv is None or opts.force or not opts.tsv.exists() or _is_ours(opts.tsv, record, processed):
+        return
+    if assembled is not None and _tsv_matches(opts.tsv, assembled.get("tsv"), processed):
+        return
+    raise VQAError(f"{opts.tsv}: already exists and was not written by this extraction (no features record "
+                   "names it); pass --force to replace it with the TSV form of the extracted features")
 
 
 def _plan_blocks(plan: Plan, opts: ExtractOptions, n_images: int, detector: Detector,
@@ -582,7 +632,18 @@ def tsv_line(row: TSVRow) -> bytes:
             + features + b"\r\n")
 
 
-def _rows(work: Path, entries: Sequence[ImageEntry], block_size: int, failed: list, tsv
+class _HashingWriter:
+    """A binary file that also computes the SHA-256 of what is written to it."""
+
+    def __init__(self, f: io.BufferedWriter) -> None:
+        self.f, self.sha256 = f, hashlib.sha256()
+
+    def write(self, data: bytes) -> None:
+        self.f.write(data)
+        self.sha256.update(data)
+
+
+def _rows(work: Path, entries: Sequence[ImageEntry], block_size: int, failed: list, tsv: _HashingWriter | None
           ) -> Iterator[tuple[str, TSVRow]]:
     ids = np.array([e.image_id for e in entries], dtype=np.int64)
     for b in range(-(-len(entries) // block_size)):
@@ -599,12 +660,17 @@ def _rows(work: Path, entries: Sequence[ImageEntry], block_size: int, failed: li
 
 
 def assemble(work: Path, entries: Sequence[ImageEntry], opts: ExtractOptions) -> None:
-    """Every block, in image_id order, -> WORK/features.h5 (and WORK/features.tsv); then WORK/assembled.json."""
+    """Every block, in image_id order, -> WORK/features.h5 (and WORK/features.tsv); then WORK/assembled.json,
+    which names the flags the files were made with (fp16, the TSV's size and SHA-256 or null)."""
     h5_tmp, tsv_tmp = work / FEATURES_FILE, work / TSV_NAME
+    # no description of the old files may outlive them; the marker keeps a TSV already moved to --tsv known
+    old = _read_assembled(work) or {}
+    write_json(work / ASSEMBLED_FILE, {"assembling": True, "tsv": old.get("tsv")})
+    tsv_tmp.unlink(missing_ok=True)
     remove_stale_temps(h5_tmp)
     failed: list = []
     with contextlib.ExitStack() as stack:
-        tsv = stack.enter_context(open(f"{tsv_tmp}.partial", "wb")) if opts.tsv else None
+        tsv = _HashingWriter(stack.enter_context(open(f"{tsv_tmp}.partial", "wb"))) if opts.tsv else None
         bar = stack.enter_context(tqdm(total=len(entries), unit="img", desc="assemble features.h5",
                                        disable=not opts.progress, leave=False))
         rows = _rows(work, entries, opts.block_size, failed, tsv)
@@ -614,17 +680,32 @@ def assemble(work: Path, entries: Sequence[ImageEntry], opts: ExtractOptions) ->
             if failed and len(failed) == len(entries):
                 raise VQAError(failure_message(failed, h5_tmp) + " (no image left)") from None
             raise
-    if opts.tsv:
+    tsv_entry = None
+    if tsv is not None:
         os.replace(f"{tsv_tmp}.partial", tsv_tmp)
-    write_json(work / ASSEMBLED_FILE, {"images": n, "summary": h5_summary(h5_tmp), "failed": failed})
+        tsv_entry = {"size": tsv_tmp.stat().st_size, "sha256": tsv.sha256.hexdigest()}
+    write_json(work / ASSEMBLED_FILE, {"images": n, "summary": h5_summary(h5_tmp), "failed": failed,
+                                       "fp16": opts.fp16, "tsv": tsv_entry})
 
 
-def write_tsv_from_h5(h5_path: Path, tsv_path: Path) -> None:
-    """The TSV form of a float32 features.h5, written atomically."""
+def write_tsv_from_h5(h5_path: Path, tsv_path: Path) -> str:
+    """The TSV form of a float32 features.h5, written atomically; returns its SHA-256."""
     with h5py.File(h5_path, "r") as h5, atomic_path(tsv_path) as tmp, open(tmp, "wb") as f:
+        out = _HashingWriter(f)
         for r in range(h5["features"].shape[0]):
-            f.write(tsv_line(TSVRow(int(h5["image_id"][r]), int(h5["image_w"][r]), int(h5["image_h"][r]),
-                                    h5["boxes"][r], h5["features"][r])))
+            out.write(tsv_line(TSVRow(int(h5["image_id"][r]), int(h5["image_w"][r]), int(h5["image_h"][r]),
+                                      h5["boxes"][r], h5["features"][r])))
+    return out.sha256.hexdigest()
+
+
+def tsv_from_current(processed: Path, tsv_path: Path) -> None:
+    """Write the TSV of an up-to-date float32 features.h5, then name it in the features record."""
+    digest = write_tsv_from_h5(processed / FEATURES_FILE, tsv_path)
+    with digest_cache(processed) as cache:
+        cache.remember(tsv_path, digest)
+    record_file = record_path(processed, FEATURES_STEP)
+    record = read_record(record_file)
+    write_json(record_file, {**record, "tsv": _tsv_entry(tsv_path, digest, processed)})
 
 
 def _move(source: Path, target: Path) -> None:
@@ -645,6 +726,8 @@ def finish(work: Path, plan: Plan, opts: ExtractOptions, log: Callable[[str], No
     Safe to repeat after a kill at any point: the work folder goes only after the record is written."""
     processed = processed_dir(opts.data)
     info = json.loads((work / ASSEMBLED_FILE).read_text(encoding="utf-8"))
+    if info.get("assembling") or info.get("fp16") != opts.fp16 or (opts.tsv and not info.get("tsv")):
+        raise VQAError(f"{work / ASSEMBLED_FILE}: assembled with other --fp16/--tsv flags; run again")
     h5_path, record_file = processed / FEATURES_FILE, record_path(processed, FEATURES_STEP)
     if (work / FEATURES_FILE).is_file():
         record_file.unlink(missing_ok=True)  # no old record may describe the new file
@@ -655,10 +738,16 @@ def finish(work: Path, plan: Plan, opts: ExtractOptions, log: Callable[[str], No
     if opts.tsv and (work / TSV_NAME).is_file():
         opts.tsv.parent.mkdir(parents=True, exist_ok=True)
         _move(work / TSV_NAME, opts.tsv)
+    elif opts.tsv and not _tsv_matches(opts.tsv, info["tsv"], processed):
+        raise VQAError(f"{work}: its assembled TSV is neither there nor in {opts.tsv}; delete {work} and run again")
     with digest_cache(processed) as cache:
         outputs = {FEATURES_FILE: file_entry(h5_path, cache, h5_summary)}
+        if opts.tsv:
+            cache.remember(opts.tsv, info["tsv"]["sha256"])
     record = make_record(FEATURES_STEP, plan.params, plan.inputs, outputs)
     record["failed_images"] = info["failed"]
+    if opts.tsv:
+        record["tsv"] = _tsv_entry(opts.tsv, info["tsv"]["sha256"], processed)
     write_json(record_file, record)
     shutil.rmtree(work)
     with contextlib.suppress(OSError):
@@ -702,7 +791,7 @@ def extract_features(opts: ExtractOptions, make_detector: Callable[..., Detector
     if plan.status in ("current", "tsv"):
         say(f"skip: {processed / FEATURES_FILE} is up to date (select {opts.select}, amp {opts.amp})")
         if plan.status == "tsv" and rank == 0:
-            write_tsv_from_h5(processed / FEATURES_FILE, opts.tsv)
+            tsv_from_current(processed, opts.tsv)
             say(f"wrote {opts.tsv} from it")
         failed = plan.failed
     else:
@@ -723,6 +812,7 @@ def extract_features(opts: ExtractOptions, make_detector: Callable[..., Detector
             return stats
         if plan.status == "extract":
             _wait_for_blocks(work, -(-len(entries) // opts.block_size), say, opts.progress)
+        if plan.status in ("extract", "assemble"):
             assemble(work, entries, opts)
         failed = finish(work, plan, opts, say)
     if failed and rank == 0:
