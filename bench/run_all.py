@@ -1,6 +1,7 @@
 """Run every benchmark in bench/ and report (machine description + each script's output).
 
-    python bench/run_all.py [--quick] [--only data,evaluation,step,step_bf16,throughput,toy] [--write | --output F]
+    python bench/run_all.py [--quick] [--write | --output F]
+        [--only data,evaluation,step,step_bf16,throughput,verify,import,extraction,toy]
 
 The report goes to the terminal; `--write` replaces the committed bench/RESULTS.md (refused with --quick,
 whose smoke-run figures go to `--output F` or the terminal only).
@@ -44,6 +45,12 @@ BENCHMARKS = {
                   "part 1 of the step benchmark under bfloat16 autocast (main.py --amp)"),
     "throughput": ("bench/bench_throughput.py", [] if torch.cuda.is_available() else CPU_THROUGHPUT, ["--quick"],
                    "samples/s and seconds per full epoch at the real shapes (GPU figures need a GPU)"),
+    "verify": ("bench/bench_verify.py", ["--scale", "0.1", "--repeats", "5"], ["--scale", "0.02", "--repeats", "1"],
+               "the VQA-CP copy check against merely parsing its 8 input files; the GloVe check"),
+    "import": ("bench/bench_import.py", ["--repeats", "4"], ["--scale", "0.002", "--repeats", "1"],
+               "each feature form's import against merely reading (and base64-decoding) its files"),
+    "extraction": ("bench/bench_extract_features.py", [], ["--images", "2", "--no-amp"],
+                   "the extractor: images/s at batch 1 and 8, the time by stage, bf16 against float32"),
     "toy": ("bench/bench_toy.py", ["--flags", "--epochs 8 --batch_size 64 --num_hid 256", "--reg", "1e-8:ent"],
             ["--seeds", "0", "--no-timing", "--out", str(Path(tempfile.gettempdir()) / "TOY_RESULTS_quick.md")],
             "the toy benchmark's accuracy table (3 seeds) and `main.py --toy` time"),
