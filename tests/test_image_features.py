@@ -3,6 +3,7 @@ features.h5 and its record, corrupt images, resuming after kill -9, torchrun, an
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -259,6 +260,115 @@ def test_resume_after_kill_9_recomputes_no_finished_block_and_gives_the_same_byt
     assert any(m.startswith(f"resuming: {done} of 6 blocks") for m in messages)
     for name in (FEATURES_FILE, imf.TSV_NAME):  # byte-identical to the uninterrupted run
         assert (killed / "processed" / name).read_bytes() == (whole / "processed" / name).read_bytes()
+
+
+def _members(ids, seed: int, broken: dict[int, bytes] | None = None) -> dict[str, bytes]:
+    """COCO zip members with random pixels, the same bytes for an id whatever else is in the zip."""
+    members = {}
+    for image_id in ids:
+        image = random_image(np.random.default_rng(seed * 1000 + image_id))
+        members[f"train2014/{coco_name(image_id)}"] = (broken or {}).get(image_id, jpeg_bytes(image))
+    return members
+
+
+def test_fixing_one_corrupt_image_extracts_only_its_block_without_force(tmp_path, weights):
+    ids = list(range(1, 10))
+    args = ["--block-size", "3", "--batch-size", "2", "--tsv"]
+    data = tmp_path / "data"
+    data.mkdir()
+    processed = data / "processed"
+    broken = write_zip(tmp_path / "broken.zip", _members(ids, 13, {5: b"<html>not an image</html>"}))
+    with pytest.raises(VQAError, match="^1 images could not be used"):
+        run(flags([broken], weights, data, *args))
+    assert h5_arrays(processed / FEATURES_FILE)["image_id"].tolist() == [1, 2, 3, 4, 6, 7, 8, 9]
+    assert len(list((processed / imf.WORK_DIR).glob("*/block_*.npz"))) == 3  # kept for the rerun
+    fixed = write_zip(tmp_path / "fixed.zip", _members(ids, 13))  # the user replaced the corrupt file
+    again = FakeDetector()
+    messages = []
+    run(flags([fixed], weights, data, *args), again, messages.append)  # no --force: the same extraction
+    assert again.images == 3 and any(m.startswith("resuming: 2 of 3 blocks") for m in messages)
+    clean = tmp_path / "clean"
+    clean.mkdir()
+    run(flags([fixed], weights, clean, *args))
+    for name in (FEATURES_FILE, imf.TSV_NAME):  # as a clean run's, byte for byte
+        assert (processed / name).read_bytes() == (clean / "processed" / name).read_bytes()
+    assert read_record(record_path(processed, "features"))["failed_images"] == []
+    assert features_problem(processed) is None and not (processed / imf.WORK_DIR).exists()
+    # images added: the same extraction, completed without --force
+    more = write_zip(tmp_path / "more.zip", _members([*ids, 10, 11], 13))
+    run(flags([more], weights, data, *args))
+    assert h5_arrays(processed / FEATURES_FILE)["image_id"].tolist() == [*ids, 10, 11]
+    # other settings still need --force, and leave this setting's blocks alone
+    with pytest.raises(VQAError, match="extracted with other weights or flags .* pass --force"):
+        run(flags([more], weights, data, *args, "--select", "lxmert"))
+
+
+def test_failures_do_not_replace_a_features_h5_that_has_those_images(tmp_path, weights):
+    ids = [1, 2, 3, 4]
+    data = tmp_path / "data"
+    data.mkdir()
+    h5_path = data / "processed" / FEATURES_FILE
+    run(flags([write_zip(tmp_path / "good.zip", _members(ids, 14))], weights, data))
+    good = h5_path.read_bytes()
+    broken = write_zip(tmp_path / "broken.zip", _members(ids, 14, {3: b"truncated"}))
+    with pytest.raises(VQAError) as error:
+        run(flags([broken], weights, data, "--force", "--select", "lxmert"))
+    message = str(error.value)
+    assert "\n" not in message and message.startswith("1 images could not be used")
+    assert f"{h5_path} kept: it has features for 1 of them (image_id 3)" in message
+    assert h5_path.read_bytes() == good  # not replaced by a file lacking image 3
+    assert read_record(record_path(data / "processed", "features"))["params"]["select"] == "caffe"
+    new = list((data / "processed" / imf.WORK_DIR).glob(f"*/{FEATURES_FILE}"))
+    assert len(new) == 1 and str(new[0]) in message and h5_arrays(new[0])["image_id"].tolist() == [1, 2, 4]
+    again = FakeDetector()  # said again, nothing extracted again, until the image is fixed
+    with pytest.raises(VQAError, match="kept: it has features for 1 of them"):
+        run(flags([broken], weights, data, "--force", "--select", "lxmert"), again)
+    assert again.images == 0 and h5_path.read_bytes() == good
+
+
+def _children(pid: int) -> list[int]:
+    """Live (not zombie) processes whose parent is `pid`, from /proc."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError):
+            fields = stat.read_text().rsplit(")", 1)[1].split()  # state, ppid, ...
+            if int(fields[1]) == pid and fields[0] != "Z":
+                found.append(int(stat.parent.name))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+def test_decoding_workers_die_with_a_killed_main_process(tmp_path, weights):
+    zipped = coco_zip(tmp_path / "train2014.zip", range(1, 41), seed=15)
+    data = tmp_path / "data"
+    data.mkdir()
+    proc = subprocess.Popen([sys.executable, str(FAKES), *flags([zipped], weights, data, "--block-size", "4"),
+                             "--num-workers", "2", "--device", "cpu", "--no-progress"],
+                            env=_env(FAKE_DETECTOR_DELAY="0.1"), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, start_new_session=True)
+    workers: list[int] = []
+    deadline = time.time() + 60
+    while proc.poll() is None and time.time() < deadline and not (
+            len(workers) == 2 and list((data / "processed" / imf.WORK_DIR).glob("*/block_*.npz"))):
+        time.sleep(0.05)
+        workers = _children(proc.pid)
+    assert proc.poll() is None and len(workers) == 2, proc.stderr.read().decode()[-2000:] if proc.poll() else workers
+    os.kill(proc.pid, signal.SIGKILL)  # the main process only, as a user's kill -9 of its pid
+    proc.wait()
+    deadline = time.time() + 2.5
+    while any(map(_alive, workers)) and time.time() < deadline:
+        time.sleep(0.05)
+    left = [pid for pid in workers if _alive(pid)]
+    for pid in left:  # not to leak them when the test fails
+        os.kill(pid, signal.SIGKILL)
+    assert not left, f"decoding workers {left} outlived their parent"
 
 
 def test_a_kill_between_assembly_and_record_is_finished_by_the_next_run(tmp_path, weights, monkeypatch):

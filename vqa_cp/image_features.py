@@ -4,27 +4,34 @@ Images are read straight from folders or zips (COCO `train2014.zip`: `train2014/
 image_id = the last run of digits in the file's stem), decoded in DataLoader workers and run through
 `vqa_cp.extraction.BottomUpDetector` in batches. Sorted by image_id, the images are cut into blocks of
 `block_size`; each finished block is written atomically as an .npz (no pickle) in the work folder
-`DATA/processed/.extract/<key>/`, the key being a digest of everything that decides the features (weights,
-config, selection, amp, the image list, the block size). A restarted run skips the blocks that exist, so a run
-killed at any point resumes without recomputing them. Under torchrun the ranks take disjoint shares of the
-blocks still to do; rank 0 then assembles every block, in image_id order, into `DATA/processed/features.h5`
-(`features.write_features_h5`, optionally also the TSV form) with a step "features" provenance record, and
-removes the work folder. The key leaves out --fp16 and --tsv (blocks are float32): `assembled.json` names what
-was assembled, and a rerun with other flags assembles again from the blocks. The record names the TSV (path,
-size, SHA-256); a TSV that no longer matches is written again, a file at --tsv it does not name needs --force.
+`DATA/processed/.extract/<key>/`, the key being a digest of the settings that decide the features (weights, config,
+selection, amp, the block size), the block's file name holding its index and the digest of its own image list. A
+restarted run skips the blocks whose file exists, so a run killed at any point resumes without recomputing them,
+and a rerun after one image was fixed extracts only that image's block (the blocks are kept when images failed).
+Under torchrun the ranks take disjoint shares of the blocks still to do; rank 0 then assembles every block, in
+image_id order, into `DATA/processed/features.h5` (`features.write_features_h5`, optionally also the TSV form) with
+a step "features" provenance record, and removes the work folder (kept when images failed). A run whose failed
+images the features.h5 in place has rows for does not replace it: the new file stays in the work folder, named in
+the error. The key leaves out --fp16 and --tsv (blocks are float32): `assembled.json` names what was assembled, and
+a rerun with other flags assembles again from the blocks. The record names the TSV (path, size, SHA-256); a TSV
+that no longer matches is written again, a file at --tsv it does not name needs --force.
 """
 
 from __future__ import annotations
 
 import base64
 import contextlib
+import ctypes
 import errno
+import functools
 import hashlib
 import io
 import json
 import os
 import re
 import shutil
+import signal
+import sys
 import time
 import warnings
 import zipfile
@@ -55,10 +62,11 @@ WORK_DIR = ".extract"
 ASSEMBLED_FILE = "assembled.json"  # written in the work folder once its features.h5 is complete
 TSV_NAME = "features.tsv"  # default --tsv output, in DATA/processed/ (not the raw layout: it is not a copy)
 BLOCK_IMAGES = 256
-FORMAT = 1  # of the work folder's blocks: part of the key
+FORMAT = 2  # of the work folder's blocks: part of the key
 POLL_S = 2.0  # rank 0 waiting for the other ranks' blocks
 FLOAT32_BYTES = 4
 SHOWN_FAILURES = 20
+PR_SET_PDEATHSIG = 1  # prctl option (linux/prctl.h): the signal a process gets when its parent dies
 _ID_PATTERN = re.compile(r"(\d+)$")
 
 
@@ -155,6 +163,13 @@ def list_digest(entries: Sequence[ImageEntry]) -> str:
     return digest.hexdigest()
 
 
+def block_paths(work: Path, entries: Sequence[ImageEntry], block_size: int) -> list[Path]:
+    """Block b's file: `block_<b>_<digest of its own images>.npz`, valid for exactly those images, so that
+    a changed image makes only its block's file name change."""
+    return [work / f"block_{b:06d}_{list_digest(entries[start:start + block_size])[:16]}.npz"
+            for b, start in enumerate(range(0, len(entries), block_size))]
+
+
 def _rgb_from_16bit(image: Image.Image) -> np.ndarray:
     """A 16-bit grayscale image as 8 bits (value >> 8, as OpenCV's imread reduces it), repeated 3 times."""
     gray = np.asarray(image).astype(np.int64)
@@ -213,6 +228,18 @@ class ImageDataset(Dataset):
 
 def _as_list(batch: list) -> list:
     return batch
+
+
+def die_with_parent(parent: int, worker_id: int = 0) -> None:
+    """DataLoader worker_init_fn: on Linux, have the kernel SIGKILL this worker when its parent dies (a kill -9
+    of the command leaves no decoding worker behind); exit at once if the parent is already gone."""
+    if not sys.platform.startswith("linux"):
+        return
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
+    if os.getppid() != parent:  # died before the prctl took effect
+        os._exit(1)
 
 
 # ------------------------------------------------------------------------------------------ options and checks
@@ -289,13 +316,17 @@ def _existing_refusal(h5_path: Path, record: dict | None, params: dict, inputs: 
         what = "of unknown origin (no processing record)"
     elif record.get("params", {}).get("form") != "extracted":
         what = "made from a feature copy by tools/process.sh"
-    elif record.get("params") != params or record.get("inputs") != inputs:
+    elif record.get("params") != params or _without_images(record.get("inputs")) != _without_images(inputs):
         old = record.get("params", {})
-        what = (f"extracted with other weights, images or flags (select {old.get('select')}, amp "
+        what = (f"extracted with other weights or flags (select {old.get('select')}, amp "
                 f"{old.get('amp')}, fp16 {old.get('fp16')}, weights {str(old.get('weights_sha256'))[:12]})")
     else:
-        return None  # this very extraction, damaged or without its TSV: made again
+        return None  # this extraction, damaged, without its TSV or of other images (some fixed, added): continued
     return f"{h5_path}: already exists, {what}; pass --force to replace it with the extracted features"
+
+
+def _without_images(inputs: dict | None) -> dict:
+    return {name: entry for name, entry in (inputs or {}).items() if name != "images"}
 
 
 def _record_is_current(processed: Path, record: dict | None, params: dict, inputs: dict) -> bool:
@@ -373,10 +404,6 @@ def work_folder(processed: Path, key: str) -> Path:
     return processed / WORK_DIR / key
 
 
-def block_path(work: Path, block: int) -> Path:
-    return work / f"block_{block:06d}.npz"
-
-
 def _prepare(opts: ExtractOptions, entries: list[ImageEntry], log: Callable[[str], None]) -> Plan:
     """Rank 0's checks before any image is decoded: the digests that key the run, an up-to-date result,
     an existing features.h5 that must not be silently replaced, writable outputs."""
@@ -397,13 +424,14 @@ def _prepare(opts: ExtractOptions, entries: list[ImageEntry], log: Callable[[str
                    "images": {"count": len(entries), "sha256": plan.images_sha256}}
     plan.key = hashlib.sha256(json.dumps({
         "format": FORMAT, "weights": weights_entry["sha256"], "config": config_entry["sha256"],
-        "select": opts.select, "amp": opts.amp, "images": plan.images_sha256, "block_size": opts.block_size,
+        "select": opts.select, "amp": opts.amp, "block_size": opts.block_size,
     }, sort_keys=True).encode()).hexdigest()[:16]
     work = work_folder(processed, plan.key)
     record = read_record(record_path(processed, FEATURES_STEP))
     assembled = _read_assembled(work)
     _refuse_foreign_tsv(opts, record, assembled, processed)
-    if assembled is not None:  # this extraction, (being) assembled: finished, or assembled again to these flags
+    if assembled is not None and assembled.get("images_sha256") == plan.images_sha256:
+        # these images, (being) assembled: finished, or assembled again to these flags
         same = (not assembled.get("assembling") and assembled.get("fp16") == opts.fp16
                 and (opts.tsv is None or assembled.get("tsv") is not None))
         plan.status = "finish" if same else "assemble"
@@ -441,7 +469,7 @@ def _refuse_foreign_tsv(opts: ExtractOptions, record: dict | None, assembled: di
                    "names it); pass --force to replace it with the TSV form of the extracted features")
 
 
-def _plan_blocks(plan: Plan, opts: ExtractOptions, n_images: int, detector: Detector,
+def _plan_blocks(plan: Plan, opts: ExtractOptions, entries: Sequence[ImageEntry], detector: Detector,
                  log: Callable[[str], None]) -> Plan:
     """Rank 0, once the detector loaded: the blocks still to do, and enough free disk for them and the output."""
     processed = processed_dir(opts.data)
@@ -449,14 +477,21 @@ def _plan_blocks(plan: Plan, opts: ExtractOptions, n_images: int, detector: Dete
     work.mkdir(parents=True, exist_ok=True)
     for other in sorted(p for p in work.parent.iterdir() if p.is_dir() and p != work):
         size = sum(f.stat().st_size for f in other.iterdir())
-        log(f"note: {other} holds {size / 1e9:.2f} GB of blocks of an extraction with other weights, images or "
+        log(f"note: {other} holds {size / 1e9:.2f} GB of blocks of an extraction with other weights or "
             "flags; delete it unless you will go back to that one")
-    blocks = -(-n_images // opts.block_size)
-    plan.remaining = [b for b in range(blocks) if not block_path(work, b).is_file()]
+    paths = block_paths(work, entries, opts.block_size)
+    stale = sorted(set(work.glob("block_*.npz")) - set(paths))
+    for path in stale:  # blocks of images that changed since: never read again
+        path.unlink()
+    if stale:
+        log(f"{len(stale)} blocks in {work} were of other images (fixed, added or removed since): deleted")
+    blocks = len(paths)
+    plan.remaining = [b for b, path in enumerate(paths) if not path.is_file()]
     done = blocks - len(plan.remaining)
     if done:
         log(f"resuming: {done} of {blocks} blocks of {opts.block_size} images already done in {work}")
     sizes = per_image_bytes(detector.num_boxes, detector.feature_dim, opts.fp16)
+    n_images = len(entries)
     todo = min(len(plan.remaining) * opts.block_size, n_images)
     check_disk(processed, {"blocks": todo * sizes["block"], FEATURES_FILE: n_images * sizes["h5"],
                            "TSV": n_images * sizes["tsv"] if opts.tsv else 0})
@@ -480,10 +515,10 @@ class _Block:
     features: list[np.ndarray] = field(default_factory=list)
     failed: list[tuple[int, str, str]] = field(default_factory=list)
 
-    def save(self, work: Path, num_boxes: int, dim: int) -> None:
+    def save(self, path: Path, num_boxes: int, dim: int) -> None:
         """Write the block atomically (an .npz without pickles): it exists only once complete."""
         failed = list(zip(*self.failed)) if self.failed else [[], [], []]
-        save_npz(block_path(work, self.index),
+        save_npz(path,
                  image_id=np.array(self.image_id, dtype=np.int64), image_w=np.array(self.image_w, dtype=np.int64),
                  image_h=np.array(self.image_h, dtype=np.int64),
                  boxes=np.stack(self.boxes) if self.boxes else np.zeros((0, num_boxes, BOX_COORDS), np.float32),
@@ -583,8 +618,9 @@ def extract_blocks(detector: Detector, entries: Sequence[ImageEntry], blocks: Se
     stats, start = ExtractStats(), time.perf_counter()
     n = len(entries)
     batches = _batches(blocks, n, opts.block_size, opts.batch_size)
+    paths = block_paths(work, entries, opts.block_size)
     loader = DataLoader(ImageDataset(entries), batch_sampler=batches, num_workers=opts.num_workers,
-                        collate_fn=_as_list)
+                        collate_fn=_as_list, worker_init_fn=functools.partial(die_with_parent, os.getpid()))
     current: _Block | None = None
     saving: Future | None = None  # one block written in the background while the detector goes on
     with ThreadPoolExecutor(max_workers=1) as writer, tqdm(
@@ -599,7 +635,7 @@ def extract_blocks(detector: Detector, entries: Sequence[ImageEntry], blocks: Se
             if current.seen == current.size:
                 if saving is not None:
                     saving.result()  # its error, if any, here; and at most one block waits in memory
-                saving = writer.submit(current.save, work, detector.num_boxes, detector.feature_dim)
+                saving = writer.submit(current.save, paths[index], detector.num_boxes, detector.feature_dim)
                 stats.blocks += 1
         if saving is not None:
             saving.result()
@@ -646,8 +682,7 @@ class _HashingWriter:
 def _rows(work: Path, entries: Sequence[ImageEntry], block_size: int, failed: list, tsv: _HashingWriter | None
           ) -> Iterator[tuple[str, TSVRow]]:
     ids = np.array([e.image_id for e in entries], dtype=np.int64)
-    for b in range(-(-len(entries) // block_size)):
-        path = block_path(work, b)
+    for b, path in enumerate(block_paths(work, entries, block_size)):
         data = read_block(path, ids[b * block_size:(b + 1) * block_size])
         failed += [[int(i), str(w), str(r)] for i, w, r in zip(data["failed_id"], data["failed_name"],
                                                                data["failed_reason"])]
@@ -665,7 +700,8 @@ def assemble(work: Path, entries: Sequence[ImageEntry], opts: ExtractOptions) ->
     h5_tmp, tsv_tmp = work / FEATURES_FILE, work / TSV_NAME
     # no description of the old files may outlive them; the marker keeps a TSV already moved to --tsv known
     old = _read_assembled(work) or {}
-    write_json(work / ASSEMBLED_FILE, {"assembling": True, "tsv": old.get("tsv")})
+    images = list_digest(entries)
+    write_json(work / ASSEMBLED_FILE, {"assembling": True, "images_sha256": images, "tsv": old.get("tsv")})
     tsv_tmp.unlink(missing_ok=True)
     remove_stale_temps(h5_tmp)
     failed: list = []
@@ -684,8 +720,8 @@ def assemble(work: Path, entries: Sequence[ImageEntry], opts: ExtractOptions) ->
     if tsv is not None:
         os.replace(f"{tsv_tmp}.partial", tsv_tmp)
         tsv_entry = {"size": tsv_tmp.stat().st_size, "sha256": tsv.sha256.hexdigest()}
-    write_json(work / ASSEMBLED_FILE, {"images": n, "summary": h5_summary(h5_tmp), "failed": failed,
-                                       "fp16": opts.fp16, "tsv": tsv_entry})
+    write_json(work / ASSEMBLED_FILE, {"images": n, "images_sha256": images, "summary": h5_summary(h5_tmp),
+                                       "failed": failed, "fp16": opts.fp16, "tsv": tsv_entry})
 
 
 def write_tsv_from_h5(h5_path: Path, tsv_path: Path) -> str:
@@ -720,6 +756,18 @@ def _move(source: Path, target: Path) -> None:
         source.unlink()
 
 
+def _ids_held(h5_path: Path, image_ids: Sequence[int]) -> list[int]:
+    """Those of `image_ids` that the features.h5 at `h5_path` has rows for (none when absent or unreadable)."""
+    if not image_ids or not h5_path.is_file():
+        return []
+    try:
+        with h5py.File(h5_path, "r") as h5:
+            held = np.asarray(h5["image_id"][:])
+    except (OSError, KeyError, ValueError):
+        return []
+    return sorted(int(i) for i in np.intersect1d(np.asarray(image_ids, dtype=np.int64), held))
+
+
 def finish(work: Path, plan: Plan, opts: ExtractOptions, log: Callable[[str], None]) -> list:
     """Put the assembled files in place, write the record (last), remove the work folder; returns the failures.
 
@@ -729,6 +777,10 @@ def finish(work: Path, plan: Plan, opts: ExtractOptions, log: Callable[[str], No
     if info.get("assembling") or info.get("fp16") != opts.fp16 or (opts.tsv and not info.get("tsv")):
         raise VQAError(f"{work / ASSEMBLED_FILE}: assembled with other --fp16/--tsv flags; run again")
     h5_path, record_file = processed / FEATURES_FILE, record_path(processed, FEATURES_STEP)
+    if (work / FEATURES_FILE).is_file() and (lost := _ids_held(h5_path, [f[0] for f in info["failed"]])):
+        raise VQAError(failure_message(info["failed"], work / FEATURES_FILE) + f"; {h5_path} kept: it has features "
+                       f"for {len(lost)} of them (image_id {', '.join(map(str, lost[:5]))}); fix the images and "
+                       "run again (only their blocks are extracted again), or move the new file into place")
     if (work / FEATURES_FILE).is_file():
         record_file.unlink(missing_ok=True)  # no old record may describe the new file
         os.replace(work / FEATURES_FILE, h5_path)
@@ -749,25 +801,30 @@ def finish(work: Path, plan: Plan, opts: ExtractOptions, log: Callable[[str], No
     if opts.tsv:
         record["tsv"] = _tsv_entry(opts.tsv, info["tsv"]["sha256"], processed)
     write_json(record_file, record)
-    shutil.rmtree(work)
-    with contextlib.suppress(OSError):
-        work.parent.rmdir()  # when no other extraction's folder is left
+    if info["failed"]:  # the blocks stay: once the images are fixed, only theirs are extracted again
+        (work / ASSEMBLED_FILE).unlink()
+        log(f"kept the blocks in {work} for a rerun once the failed images are fixed (or delete it)")
+    else:
+        shutil.rmtree(work)
+        with contextlib.suppress(OSError):
+            work.parent.rmdir()  # when no other extraction's folder is left
     log(f"wrote {h5_path}: {info['images']} images ({'float16' if opts.fp16 else 'float32'}, select "
         f"{opts.select}, amp {opts.amp})" + (f" and {opts.tsv}" if opts.tsv else ""))
     return info["failed"]
 
 
-def _wait_for_blocks(work: Path, n_blocks: int, log: Callable[[str], None], progress: bool = True) -> None:
-    """Rank 0: wait until every block exists (the other ranks' shares). A rank that dies makes torchrun
+def _wait_for_blocks(paths: Sequence[Path], log: Callable[[str], None], progress: bool = True) -> None:
+    """Rank 0: wait until every block file exists (the other ranks' shares). A rank that dies makes torchrun
     stop every rank, so this cannot wait for ever."""
-    missing = [b for b in range(n_blocks) if not block_path(work, b).is_file()]
+    n_blocks = len(paths)
+    missing = [path for path in paths if not path.is_file()]
     if missing:
         log(f"waiting for {len(missing)} blocks of the other ranks")
     with tqdm(total=n_blocks, initial=n_blocks - len(missing), unit="block", desc="other ranks",
               disable=not (missing and progress), leave=False) as bar:
         while missing:
             time.sleep(POLL_S)
-            left = [b for b in missing if not block_path(work, b).is_file()]
+            left = [path for path in missing if not path.is_file()]
             bar.update(len(missing) - len(left))
             missing = left
 
@@ -798,7 +855,7 @@ def extract_features(opts: ExtractOptions, make_detector: Callable[..., Detector
         work = work_folder(processed, plan.key)
         if plan.status == "extract":
             detector = make_detector(opts.weights, device=str(device))
-            plan = _share(_guarded(lambda: _plan_blocks(plan, opts, len(entries), detector, say))
+            plan = _share(_guarded(lambda: _plan_blocks(plan, opts, entries, detector, say))
                           if rank == 0 else None)
             if plan.error:
                 raise VQAError(plan.error)
@@ -811,7 +868,7 @@ def extract_features(opts: ExtractOptions, make_detector: Callable[..., Detector
         if rank != 0:
             return stats
         if plan.status == "extract":
-            _wait_for_blocks(work, -(-len(entries) // opts.block_size), say, opts.progress)
+            _wait_for_blocks(block_paths(work, entries, opts.block_size), say, opts.progress)
         if plan.status in ("extract", "assemble"):
             assemble(work, entries, opts)
         failed = finish(work, plan, opts, say)
