@@ -277,3 +277,38 @@ def test_the_manifest_lists_every_group_with_known_sizes() -> None:
     assert by_name["trainval_36.zip"].sources[0].startswith("https://storage.googleapis.com/up-down-attention/")
     env = download.load_manifest({"VQA_CP_VQACP_BASE": "http://127.0.0.1:1/cp/"})
     assert env.item("vqacp_v2_test_questions.json").sources == ["http://127.0.0.1:1/cp/vqacp_v2_test_questions.json"]
+
+
+def test_images_and_detector_by_the_real_manifest_entries(site: Site, tmp_path: Path,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    """`--only images,detector` with the manifest's own entries (paths, checks, env bases), their sizes and digests
+    swapped for those of tiny stand-ins: the COCO zips stay zipped under images/, the hub files land in detector/,
+    and a file whose md5 differs is refused."""
+    real = json.loads((Path(download.__file__).parent / "sources.json").read_text())
+    payloads = {"train2014.zip": b"PK-train" * 50, "val2014.zip": b"PK-val" * 40,
+                "config.yaml": b"MODEL:\n  DEVICE: cpu\n", "pytorch_model.bin": b"\x80\x02weights" * 30}
+    entries = []
+    for entry in real["files"]:
+        if entry["group"] in ("images", "detector"):
+            body = payloads[entry["name"]]
+            site.routes[f"/{entry['group']}/{entry['name']}"] = (200, body, "application/octet-stream")
+            swapped = {k: v for k, v in entry.items() if k not in ("size", "md5", "sha256")}
+            if "md5" in entry:
+                swapped["md5"] = hashlib.md5(body).hexdigest()
+            if "sha256" in entry:
+                swapped["sha256"] = hashlib.sha256(body).hexdigest()
+            entries.append({**swapped, "size": len(body)} if "size" in entry else swapped)
+    assert sorted(e["name"] for e in entries) == sorted(payloads)
+    manifest = tmp_path / "m.json"
+    manifest.write_text(json.dumps({**real, "files": entries}))
+    bases = {"VQA_CP_IMAGES_BASE": site.url("/images"), "VQA_CP_DETECTOR_BASE": site.url("/detector")}
+    assert run(tmp_path, manifest, "--only", "images,detector", **bases) == 0
+    data = tmp_path / "data"
+    for entry in entries:
+        assert (data / entry["path"]).read_bytes() == payloads[entry["name"]]
+    assert f"fetched train2014.zip from {site.url('/images/train2014.zip')}" in capsys.readouterr().out
+
+    (data / "images" / "val2014.zip").unlink()
+    site.routes["/images/val2014.zip"] = (200, b"PK-other" * 30, "application/octet-stream")
+    assert run(tmp_path, manifest, "--only", "images", **bases) == 1
+    assert "val2014.zip" in capsys.readouterr().err and not (data / "images" / "val2014.zip").exists()
