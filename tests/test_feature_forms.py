@@ -62,6 +62,7 @@ def test_every_form_gives_the_tsv_arrays(generated: dict[str, Path], tmp_path: P
         record = forms_record(data)
         assert record["params"] == {"fp16": False, "form": form} and record["checks"]["images"] == CONFIG.images
         assert "48 images: not the full release's 123,287" in messages[1]
+        assert messages[2] == "note: 12 boxes x 16 features an image: not the release's 36 x 2048"
         results[form] = arrays(data)
         for name, entry in record["inputs"].items():  # the digests taken while reading are the files' own
             path = data / name

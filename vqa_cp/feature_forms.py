@@ -59,6 +59,7 @@ READ_BLOCK = 64  # HDF5 rows read per step
 SPATIAL_TOLERANCE = 1e-6  # relative: a few float32 roundings of x / w (a pixel off at w = 640 is 1.6e-3)
 TRAILING_DIGITS = re.compile(rb"(\d+)$")
 RELEASE_IMAGES = 123_287
+RELEASE_BOXES, RELEASE_DIM = 36, 2048
 EOCD_SEARCH = 22 + 65535  # the end record and the longest comment
 NAME_PATTERNS = ("*.tsv", "*.hdf5", "*.h5", "*_imgid2idx.pkl", "*_imgid2img.pkl", "*.zip")
 
@@ -942,7 +943,10 @@ def relative_name(path: Path, data_dir: Path) -> str:
         return str(path)
 
 
-def release_note(n: int) -> str | None:
-    """One line when a copy is not the release's size."""
-    return None if n == RELEASE_IMAGES else f"{n:,} images: not the full release's {RELEASE_IMAGES:,}"
+def release_notes(n: int, num_boxes: int, dim: int) -> list[str]:
+    """One line for each way a copy is not the release's size (its image count; its boxes x features an image)."""
+    notes = [] if n == RELEASE_IMAGES else [f"{n:,} images: not the full release's {RELEASE_IMAGES:,}"]
+    if (num_boxes, dim) != (RELEASE_BOXES, RELEASE_DIM):
+        notes.append(f"{num_boxes} boxes x {dim} features an image: not the release's {RELEASE_BOXES} x {RELEASE_DIM}")
+    return notes
 

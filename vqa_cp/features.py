@@ -422,7 +422,7 @@ def process_features(data_dir: str | os.PathLike, fp16: bool = False, log=print,
             raise VQAError(f"{copy.files[0]}: changed while it was converted; run again")
         inputs = _input_entries(data_dir, reader, cache)
         outputs = {FEATURES_FILE: file_entry(h5_path, cache, h5_summary)}
-        notes = [note for note in (forms.release_note(n),) if note]
+        notes = forms.release_notes(n, reader.num_boxes, reader.dim)
         record = make_record(FEATURES_STEP, params, inputs, outputs)
         record["checks"] = {"images": n, "questions_checked": sorted(forms.question_images(data_dir)),
                             "has_boxes": reader.has_boxes, "has_image_size": reader.has_image_size, "notes": notes}
