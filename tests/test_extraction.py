@@ -404,6 +404,14 @@ def test_caffe_boxes_are_the_proposals_in_original_pixels(detector):
     assert all(tuple(np.round(b, 3)) in candidates for b in boxes.tolist())
 
 
+def test_boxes_stay_inside_an_image_whose_resized_side_rounds_up(detector):
+    # 97 x 143 at a shorter side of 96: the width becomes 141.53 -> 142, and 142 / (96 / 97) = 143.48 > 143
+    assert resized_size(97, 143, detector.shorter, detector.longest) == (96, 142)
+    picture = np.random.default_rng(5).integers(0, 256, (97, 143, 3), dtype=np.uint8)
+    for select in ("caffe", "lxmert"):
+        check_result(detector.extract([picture], select=select)[0], picture)
+
+
 def test_bad_images_are_one_line(detector):
     for bad in (np.zeros((20, 30), np.uint8), np.zeros((20, 30, 4), np.uint8), np.zeros((0, 30, 3), np.uint8),
                 np.zeros((20, 30, 3), np.float32)):

@@ -327,10 +327,11 @@ def preprocess(image: np.ndarray, mean: Tensor, std: Tensor, size: tuple[int, in
 
 
 # ------------------------------------------------------------------------------------------------- selections
-def _select_caffe(proposals: Tensor, probs: Tensor, attr_logits: Tensor, im_scale: float, count: int
-                  ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+def _select_caffe(proposals: Tensor, probs: Tensor, attr_logits: Tensor, im_scale: float, count: int,
+                  size: tuple[int, int] | None = None) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     """generate_tsv.py: the `count` proposals with the highest max_conf (per-class NMS at 0.3, +1 widths, on
-    original-pixel boxes = proposals / im_scale, its one resize factor); their proposal boxes; object = best
+    original-pixel boxes = proposals / im_scale, its one resize factor); their proposal boxes, clamped to the
+    original (height, width) `size` (a resized side rounded up maps a little past the image); object = best
     foreground class, attribute = best non-background attribute of the softmax over all attributes (background
     last in this port)."""
     boxes = proposals / im_scale
@@ -338,7 +339,11 @@ def _select_caffe(proposals: Tensor, probs: Tensor, attr_logits: Tensor, im_scal
     keep = torch.sort(max_conf, descending=True, stable=True).indices[:count]
     objects_conf, objects_id = probs[keep, :-1].max(dim=1)
     attrs_conf, attrs_id = attr_logits[keep].softmax(dim=-1)[:, :-1].max(dim=1)
-    return keep, boxes[keep], objects_id, objects_conf, attrs_id, attrs_conf
+    picked = boxes[keep]
+    if size is not None:
+        picked = torch.stack([picked[:, 0].clamp(0, size[1]), picked[:, 1].clamp(0, size[0]),
+                              picked[:, 2].clamp(0, size[1]), picked[:, 3].clamp(0, size[0])], dim=1)
+    return keep, picked, objects_id, objects_conf, attrs_id, attrs_conf
 
 
 def _select_lxmert(proposals: Tensor, probs: Tensor, deltas: Tensor, attr_logits: Tensor,
@@ -449,7 +454,7 @@ class BottomUpDetector:
             picked = None
             if select == "caffe" and len(props) >= self.num_boxes:
                 im_scale = resize_scale(height, width, self.shorter, self.longest)
-                picked = _select_caffe(props, probs, attr_logits, im_scale, self.num_boxes)
+                picked = _select_caffe(props, probs, attr_logits, im_scale, self.num_boxes, (height, width))
             elif select == "lxmert":
                 picked = _select_lxmert(props, probs, deltas, attr_logits, scale, hw, self.box_weights,
                                         self.nms_thresholds, self.num_boxes)
