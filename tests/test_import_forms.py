@@ -5,6 +5,7 @@ features.h5 arrays as the original TSV; a damaged VQA-CP copy is refused (nothin
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import tarfile
 import zipfile
@@ -14,10 +15,12 @@ import h5py
 import numpy as np
 import pytest
 
-from vqa_cp import download
+from vqa_cp import copy_checks, download
+from vqa_cp.errors import VQAError
 from vqa_cp.feature_forms import FORMS
 from vqa_cp.features import process_features
 from vqa_cp.processing import process_answers, process_text, processed_dir
+from vqa_cp.provenance import make_record
 from vqa_cp.toy import ToyConfig, generate_toy_data
 
 CONFIG = ToyConfig(seed=5, images=40, boxes=12, feature_dim=16, questions_per_image=2)
@@ -217,6 +220,69 @@ def test_questions_that_arrive_after_the_features_are_checked_against_them(tmp_p
     questions = json.loads((toy_copy / "cp_v2_questions" / "vqacp_v2_test_questions.json").read_text())
     questions[0]["image_id"] = 999_999_999  # an image the features lack
     (data / "vqacp_v2_test_questions.json").write_text(json.dumps(questions))
-    with pytest.raises(Exception, match=r"1 images that vqacp_v2_test_questions.json uses have no features "
+    with pytest.raises(VQAError, match=r"1 images that vqacp_v2_test_questions.json uses have no features "
                                         r"\(first ids: 999999999\)"):
         process_features(data, log=quiet, progress=False)
+
+
+def _break_row(tsv: Path, index: int) -> int:
+    """Cut the last box out of row `index` (num_boxes and both base64 fields kept consistent); its image_id."""
+    import base64
+
+    rows = _tsv_rows(tsv)
+    fields = rows[index].rstrip(b"\r\n").split(b"\t")
+    k = int(fields[3])
+    boxes = np.frombuffer(base64.b64decode(fields[4]), np.float32).reshape(k, 4)[:-1]
+    feats = np.frombuffer(base64.b64decode(fields[5]), np.float32).reshape(k, -1)[:-1]
+    fields[3:] = [str(k - 1).encode(), base64.b64encode(boxes.tobytes()), base64.b64encode(feats.tobytes())]
+    rows[index] = b"\t".join(fields) + b"\r\n"
+    tsv.write_bytes(b"".join(rows))
+    return int(fields[0])
+
+
+def test_an_interrupted_feature_import_leaves_nothing_unchecked(tmp_path: Path, toy_copy: Path,
+                                                                monkeypatch: pytest.MonkeyPatch,
+                                                                capsys: pytest.CaptureFixture[str]) -> None:
+    tsv_name = "trainval_36/trainval_resnet101_faster_rcnn_genome_36.tsv"
+    source = toy_copy / "bottom_up" / Path(tsv_name).name
+    data = tmp_path / "data"
+
+    def interrupted(_: Path) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(copy_checks, "check_features", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        download.main(["--data", str(data), "--from", str(toy_copy)], {})
+    assert not (data / tsv_name).exists()  # placed, then removed: no unchecked copy left
+    monkeypatch.undo()
+
+    # what a kill -9 leaves (the file placed, no check, no record), of a copy with a bad row: checked, refused, removed
+    image_id = _break_row(source, 7)
+    (data / tsv_name).parent.mkdir(parents=True, exist_ok=True)
+    os.link(source, data / tsv_name)
+    capsys.readouterr()
+    assert download.main(["--data", str(data), "--from", str(toy_copy)], {}) == 1
+    assert f"image_id {image_id}" in capsys.readouterr().err
+    assert not (data / tsv_name).exists() and source.is_file()
+
+
+def test_a_copy_with_other_content_or_extracted_features_in_place_is_refused(
+        tmp_path: Path, toy_copy: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    tsv_name = "trainval_36/trainval_resnet101_faster_rcnn_genome_36.tsv"
+    source = toy_copy / "bottom_up" / Path(tsv_name).name
+    data = tmp_path / "data"
+    (data / tsv_name).parent.mkdir(parents=True)
+    body = bytearray(source.read_bytes())
+    body[-10] = ord("A") if body[-10] != ord("A") else ord("B")  # the same size, other bytes
+    (data / tsv_name).write_bytes(bytes(body))
+    assert download.main(["--data", str(data), "--from", str(toy_copy)], {}) == 1
+    assert f"another feature copy is in place ({tsv_name})" in capsys.readouterr().err
+    assert (data / tsv_name).read_bytes() == bytes(body)
+
+    (data / tsv_name).unlink()
+    record = processed_dir(data) / ".records" / "features.json"
+    record.parent.mkdir(parents=True, exist_ok=True)
+    record.write_text(json.dumps(make_record("features", {"form": "extracted"}, {}, {"features.h5": {}})))
+    assert download.main(["--data", str(data), "--from", str(toy_copy)], {}) == 1
+    assert "processed/features.h5 holds features made by tools/extract_features.py" in capsys.readouterr().err
+    assert not (data / tsv_name).exists()

@@ -62,6 +62,7 @@ RELEASE_IMAGES = 123_287
 RELEASE_BOXES, RELEASE_DIM = 36, 2048
 EOCD_SEARCH = 22 + 65535  # the end record and the longest comment
 NAME_PATTERNS = ("*.tsv", "*.hdf5", "*.h5", "*_imgid2idx.pkl", "*_imgid2img.pkl", "*.zip")
+TEST_SPLIT_PREFIXES = ("test2014", "test2015")  # test2015_resnet101_faster_rcnn_genome_36.tsv, test2015_obj36.tsv
 
 
 @dataclass
@@ -186,7 +187,7 @@ def sniff(path: Path) -> str:
 def find_feature_files(root: Path) -> list[Path]:
     """Files and folders under `root` named like feature files of any form (TSV, HDF5, index pickles, zips holding
     .npz files or damaged zips, folders holding .npz files), skipping hidden and `processed` folders (our own
-    outputs). Their content is judged by `identify_copy`, so that a damaged file or an HTML page under a feature
+    outputs) and the COCO test splits' feature files. Their content is judged by `identify_copy`, so that a damaged file or an HTML page under a feature
     file's name is refused by name rather than passed over."""
     root = Path(root)
     if root.is_file():
@@ -199,6 +200,8 @@ def find_feature_files(root: Path) -> list[Path]:
         if path.is_file() and path.suffix == ".npz":
             npz_dirs.add(path.parent)
         elif path.is_file() and any(path.match(p) for p in NAME_PATTERNS):
+            if path.name.startswith(TEST_SPLIT_PREFIXES):  # the test images' features: no VQA-CP question uses them
+                continue
             if path.suffix == ".zip" and not _zip_holds_npz(path):
                 continue
             found.append(path)

@@ -32,6 +32,8 @@ from vqa_cp.download import (
 )
 from vqa_cp.errors import VQAError
 from vqa_cp.feature_forms import FEATURES_DIR, ORIGINAL_TSV, form_files, relative_name
+from vqa_cp.processing import processed_dir
+from vqa_cp.provenance import read_record, record_path
 from vqa_cp.sources import Item
 
 FEATURE_SUFFIXES = (".tsv", ".hdf5", ".h5", ".pkl", ".npz")
@@ -283,20 +285,46 @@ def import_unit(item: Item, found: Found, ctx: Context, report: Report) -> None:
     report.imported.extend(f"{out} from {found.where}" for out in item.output_paths)
 
 
-def feature_destination(form: str, path: Path, count: int) -> Path:
+def feature_destination(form: str, path: Path) -> Path:
     """Where a feature copy's file goes (docs/DESIGN.md raw layout): the original TSV keeps its place."""
     if form == "tsv":
-        return Path(ORIGINAL_TSV) if count == 1 else Path("trainval_36") / path.name
+        return Path(ORIGINAL_TSV)
     if form == "npz":
         return Path(FEATURES_DIR) / "npz" / path.name
     return Path(FEATURES_DIR) / path.name
 
 
+def same_content(a: Path, b: Path, ctx: Context) -> bool:
+    """The same file (a hard link), or the same size and SHA-256 (digests remembered by content identity)."""
+    sa, sb = a.stat(), b.stat()
+    if (sa.st_dev, sa.st_ino) == (sb.st_dev, sb.st_ino):
+        return True
+    return sa.st_size == sb.st_size and ctx.memory.digests(a)["sha256"] == ctx.memory.digests(b)["sha256"]
+
+
+def feature_clash(dests: dict[Path, Path], ctx: Context) -> str | None:
+    """Why the copy `dests` {file: destination} cannot go in: another copy, or other content, in the raw layout, or
+    processed/features.h5 holding extracted features (which only extract_features.py --force replaces)."""
+    targets = set(dests.values())
+    clash = [p for p in form_files(ctx.data)
+             if p not in targets and not (p.is_dir() and all(f in targets for f in p.glob("*.npz")))]
+    clash += [d for s, d in dests.items() if d.is_file() and not same_content(s, d, ctx)]
+    if clash:
+        shown = ", ".join(relative_name(p, ctx.data) for p in clash[:3])
+        return f"another feature copy is in place ({shown}); remove it (and processed/features.h5) to import this one"
+    record = read_record(record_path(processed_dir(ctx.data), "features"))
+    if record is not None and record.get("params", {}).get("form") == "extracted":
+        return ("processed/features.h5 holds features made by tools/extract_features.py; remove it (and its record "
+                "processed/.records/features.json) to import a copy instead")
+    return None
+
+
 def import_features(where: str, root: Path, ours: bool, ctx: Context, report: Report) -> None:
     """Find the feature files under `root` (or `root` itself), identify the copy's form, and import it whole or not
-    at all: its files are placed, then every row is checked and converted (`copy_checks.check_features`: one read,
-    remembered by processed/features.h5's record); a copy that fails is removed again. A copy already in place
-    (another form, or other files of this one) is refused rather than mixed with."""
+    at all: its missing files are placed, then every row is checked and converted (`copy_checks.check_features`:
+    one read, remembered by processed/features.h5's record, so a copy already checked is not read again). A copy
+    that fails, or an import interrupted before its check ends, leaves none of its files in place: a failure removes
+    them, and a rerun checks files left by a killed run. Another copy in place is refused, never mixed with."""
     paths = [root] if root.is_file() else checks.find_feature_files(root)
     if not paths:
         return
@@ -306,29 +334,29 @@ def import_features(where: str, root: Path, ours: bool, ctx: Context, report: Re
         report.refused.append(f"features from {where}: {exc}")
         return
     files = [f for p in copy.files for f in ([p] if p.is_file() else sorted(p.glob("*.npz")))]
-    dests = {path: ctx.data / feature_destination(copy.form, path, len(files)) for path in files}
-    if all(dest.is_file() and dest.stat().st_size == path.stat().st_size for path, dest in dests.items()):
-        report.in_place.extend(relative_name(dest, ctx.data) for dest in dests.values())
-        note(f"the {copy.form} features from {where} are already in place: not imported again")
-        return
-    present = form_files(ctx.data)
-    if present:
-        shown = ", ".join(relative_name(p, ctx.data) for p in present[:3])
-        report.refused.append(f"features from {where}: another feature copy is in place ({shown}); remove it "
-                              "(and processed/features.h5) to import this one")
+    dests = {path: ctx.data / feature_destination(copy.form, path) for path in files}
+    clash = feature_clash(dests, ctx)
+    if clash:
+        report.refused.append(f"features from {where}: {clash}")
         return
     placed: list[Path] = []
     try:
         for path, dest in dests.items():
-            place(path, dest, keep_source=not ours)
-            placed.append(dest)
+            if not dest.exists():
+                place(path, dest, keep_source=not ours)
+                placed.append(dest)
         checks.check_features(ctx.data)
-    except VQAError as exc:
-        for dest in placed:
+    except BaseException as exc:  # every destination holds this copy's content: removing them loses nothing
+        for dest in dests.values():
             dest.unlink(missing_ok=True)
+        if not isinstance(exc, VQAError):
+            raise
         report.refused.append(f"features from {where}: {exc}")
         return
     for path, dest in dests.items():
+        if dest not in placed:
+            report.in_place.append(relative_name(dest, ctx.data))
+            continue
         label = f"{where}:{path.relative_to(root).as_posix()}" if ours and root.is_dir() else str(path)
         report.imported.append(f"{relative_name(dest, ctx.data)} ({copy.form}) from {label}")
 

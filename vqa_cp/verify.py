@@ -641,7 +641,7 @@ def check_pending(data_dir: Path, log: Callable[[str], None] = print) -> None:
         verdict = verify_raw({n: data_dir / n for n in names}, data_dir, bool(pending.get("release")))
         if verdict.refused:
             name, reason = next(iter(verdict.refused.items()))
-            raise VQAError(f"{data_dir / name} fails its check: {reason}; replace the copy "
-                           "(tools/download.sh --from PATH) before processing")
+            raise VQAError(f"{data_dir / name} fails its check: {reason}; remove {', '.join(names)} from "
+                           f"{data_dir} and import a good copy (tools/download.sh --from PATH) before processing")
         remember(data_dir, verdict, {n: data_dir / n for n in names})
         log(f"checked {', '.join(names)}: {len(verdict.notes)} notes")
