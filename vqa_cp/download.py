@@ -17,7 +17,10 @@ from pathlib import Path
 from typing import Any
 
 from vqa_cp import copy_checks as checks
+from vqa_cp import feature_forms
 from vqa_cp.errors import VQAError, describe_os_error, run_cli
+from vqa_cp.processing import processed_dir
+from vqa_cp.provenance import read_record, record_path
 from vqa_cp.sources import Item, Manifest, add_user_sources, load_manifest
 from vqa_cp.transfer import LocalWriteFailed, Settings, SourceFailed, fetch
 
@@ -313,8 +316,23 @@ def in_place_problem(item: Item, ctx: Context) -> str | None:
     return None
 
 
+def features_in_place(data: Path) -> str | None:
+    """What stands for the features in DATA when the original TSV does not: a copy in another form in
+    DATA/features/, or processed/features.h5 made by tools/extract_features.py; None when neither."""
+    copies = [p for p in feature_forms.form_files(data) if p != data / feature_forms.ORIGINAL_TSV]
+    if copies:
+        return f"a copy in {data / feature_forms.FEATURES_DIR}/"
+    record = read_record(record_path(processed_dir(data), "features"))
+    if record is not None and record.get("params", {}).get("form") == "extracted":
+        return f"extracted features in {processed_dir(data) / 'features.h5'}"
+    return None
+
+
 def is_complete(item: Item, ctx: Context) -> bool:
-    """All final outputs are present (and a single file in place passes its cheap check)."""
+    """All final outputs are present (and a single file in place passes its cheap check); for the features, a copy
+    in another form or extracted features count (a second form would only be refused by process.sh)."""
+    if item.group == "features" and features_in_place(ctx.data):
+        return True
     if not all((ctx.data / out).is_file() for out in item.output_paths):
         return False
     return item.extract is not None or in_place_problem(item, ctx) is None
@@ -456,7 +474,8 @@ def run_item(item: Item, ctx: Context) -> str:
     """Bring one item into place: "fetched", "skipped" or "failed"."""
     target = ctx.data / item.path
     if is_complete(item, ctx):
-        print(f"skip {item.name}: already in place")
+        stands_in = features_in_place(ctx.data) if item.group == "features" else None
+        print(f"skip {item.name}: already in place" + (f" ({stands_in})" if stands_in else ""))
         if item.extract and target.is_file():
             print(f"note: removing {target}: its contents are already in place")
             target.unlink()

@@ -187,8 +187,9 @@ def sniff(path: Path) -> str:
 def find_feature_files(root: Path) -> list[Path]:
     """Files and folders under `root` named like feature files of any form (TSV, HDF5, index pickles, zips holding
     .npz files or damaged zips, folders holding .npz files), skipping hidden and `processed` folders (our own
-    outputs) and the COCO test splits' feature files. Their content is judged by `identify_copy`, so that a damaged file or an HTML page under a feature
-    file's name is refused by name rather than passed over."""
+    outputs) and the COCO test splits' feature files (no VQA-CP question uses those images). Their content is
+    judged by `identify_copy`, so that a damaged file or an HTML page under a feature file's name is refused by
+    name rather than passed over."""
     root = Path(root)
     if root.is_file():
         return [root]

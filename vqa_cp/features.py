@@ -404,8 +404,10 @@ def process_features(data_dir: str | os.PathLike, fp16: bool = False, log=print,
             raise VQAError(problem)
         remove_stale_temps(h5_path)
         before = {p: stat_key(p) for p in copy.files}
-        if record is not None and record.get("params", {}).get("form") == "extracted":
-            log(f"replacing the extracted features in {h5_path} by the {described}")
+        if record is not None and record.get("params", {}).get("form") == "extracted" and h5_path.is_file():
+            raise VQAError(f"{h5_path} holds features made by tools/extract_features.py, and DATA also holds the "
+                           f"{described}: keep one (remove the copy, or features.h5 and its record "
+                           f"{record_path(processed, FEATURES_STEP)}); process.sh never replaces extracted features")
         with ThreadPoolExecutor(max_workers=1) as pool:  # files the reader does not digest: hashed meanwhile
             pending = {p: pool.submit(sha256_file, p) for p in copy.files if p not in reader.digests and p.is_file()}
             try:

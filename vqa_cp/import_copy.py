@@ -24,6 +24,7 @@ from vqa_cp.download import (
     check_outputs,
     check_writable,
     error,
+    features_in_place,
     install_zip,
     note,
     place,
@@ -362,15 +363,10 @@ def import_features(where: str, root: Path, ours: bool, ctx: Context, report: Re
 
 
 def missing_outputs(items: list[Item], data: Path) -> list[str]:
-    """Final outputs of the selected items still absent (a features copy in DATA/features/ counts)."""
-    missing = []
-    for item in items:
-        for out in item.output_paths:
-            if item.group == "features" and (data / FEATURES_DIR).is_dir() and any((data / FEATURES_DIR).iterdir()):
-                continue
-            if not (data / out).is_file():
-                missing.append(out)
-    return missing
+    """Final outputs of the selected items still absent (a copy of the features in another form, or extracted
+    features, stand for the original TSV)."""
+    return [out for item in items for out in item.output_paths
+            if not (item.group == "features" and features_in_place(data)) and not (data / out).is_file()]
 
 
 def import_all(sources: list[Path], items: list[Item], ctx: Context) -> int:
