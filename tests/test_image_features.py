@@ -326,6 +326,61 @@ def test_failures_do_not_replace_a_features_h5_that_has_those_images(tmp_path, w
     assert again.images == 0 and h5_path.read_bytes() == good
 
 
+def test_a_run_lacking_images_of_the_extracted_file_is_refused_without_force(tmp_path, weights):
+    ids = list(range(1, 13))
+    data = tmp_path / "data"
+    data.mkdir()
+    h5_path = data / "processed" / FEATURES_FILE
+    run(flags([write_zip(tmp_path / "all.zip", _members(ids, 16))], weights, data, "--block-size", "4"))
+    before = h5_path.read_bytes()
+    part = write_zip(tmp_path / "part.zip", _members([2, 5, 9], 16))  # train2014.zip forgotten, say
+    detector = FakeDetector()
+    with pytest.raises(VQAError) as error:
+        run(flags([part], weights, data, "--block-size", "4"), detector)
+    message = str(error.value)
+    assert "\n" not in message and message.startswith(f"{h5_path}: this run's images lack 9 of the 12 images")
+    assert "(image_id 1, 3, 4, 6, 7 ...)" in message and "pass --force" in message and "add their sources" in message
+    assert detector.images == 0 and h5_path.read_bytes() == before
+    assert not (data / "processed" / imf.WORK_DIR).exists()
+    run(flags([part], weights, data, "--block-size", "4", "--force"))  # replaced when asked to
+    assert h5_arrays(h5_path)["image_id"].tolist() == [2, 5, 9]
+
+
+def test_an_up_to_date_run_removes_its_unneeded_work_folder(tmp_path, weights):
+    ids = [1, 2, 3, 4, 5, 6]
+    args = ["--block-size", "2"]
+    data = tmp_path / "data"
+    data.mkdir()
+    processed = data / "processed"
+    good = write_zip(tmp_path / "good.zip", _members(ids, 17))
+    run(flags([good], weights, data, *args))
+    broken = write_zip(tmp_path / "broken.zip", _members(ids, 17, {3: b"truncated"}))
+    with pytest.raises(VQAError, match="kept: it has features for 1 of them"):
+        run(flags([broken], weights, data, *args, "--force"))
+    work = list((processed / imf.WORK_DIR).iterdir())
+    assert len(work) == 1 and (work[0] / FEATURES_FILE).is_file()
+    other = processed / imf.WORK_DIR / "0123456789abcdef"  # another setting's blocks: kept
+    other.mkdir()
+    (other / "block_000000_0.npz").write_bytes(b"x" * 10)
+    messages = []
+    run(flags([good], weights, data, *args), log=messages.append)  # the original image restored
+    assert messages[0].startswith("skip:") and messages[1].startswith(f"removed {work[0]} (")
+    assert len(messages) == 2 and not work[0].exists() and other.is_dir()
+    # a record listing failed images keeps the blocks of its images (the rerun once they are fixed needs them)
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+    with pytest.raises(VQAError, match="^1 images could not be used"):
+        run(flags([broken], weights, fresh, *args))
+    blocks = sorted((fresh / "processed" / imf.WORK_DIR).glob("*/block_*.npz"))
+    stray = blocks[0].parent / "block_000009_0000000000000000.npz"
+    stray.write_bytes(b"x")
+    messages = []
+    with pytest.raises(VQAError, match="^1 images could not be used"):
+        run(flags([broken], weights, fresh, *args), log=messages.append)
+    assert sorted(blocks[0].parent.iterdir()) == blocks and len(blocks) == 3
+    assert messages[1].startswith(f"removed 1 files (0.00 GB) of {blocks[0].parent} not needed")
+
+
 def _children(pid: int) -> list[int]:
     """Live (not zombie) processes whose parent is `pid`, from /proc."""
     found = []

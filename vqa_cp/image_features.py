@@ -14,7 +14,10 @@ a step "features" provenance record, and removes the work folder (kept when imag
 images the features.h5 in place has rows for does not replace it: the new file stays in the work folder, named in
 the error. The key leaves out --fp16 and --tsv (blocks are float32): `assembled.json` names what was assembled, and
 a rerun with other flags assembles again from the blocks. The record names the TSV (path, size, SHA-256); a TSV
-that no longer matches is written again, a file at --tsv it does not name needs --force.
+that no longer matches is written again, a file at --tsv it does not name needs --force. A run whose images lack
+some of the extracted features.h5's is refused without --force (forgetting a zip would delete their features); a
+run that finds features.h5 up to date removes this key's work folder (keeping only the blocks of its images when
+the record lists failed images).
 """
 
 from __future__ import annotations
@@ -308,8 +311,10 @@ def check_disk(folder: Path, need: dict[str, int]) -> None:
                        f"{free / 1e9:.2f} GB is free")
 
 
-def _existing_refusal(h5_path: Path, record: dict | None, params: dict, inputs: dict) -> str | None:
-    """Why an existing features.h5 may not be replaced without --force (None: it may)."""
+def _existing_refusal(h5_path: Path, record: dict | None, params: dict, inputs: dict,
+                      image_ids: Sequence[int]) -> str | None:
+    """Why an existing features.h5 may not be replaced without --force (None: it may): not this extraction's
+    (a copy, other weights or flags), or of images that `image_ids` (this run's) do not all include."""
     if not h5_path.exists():
         return None
     if record is None:
@@ -320,9 +325,36 @@ def _existing_refusal(h5_path: Path, record: dict | None, params: dict, inputs: 
         old = record.get("params", {})
         what = (f"extracted with other weights or flags (select {old.get('select')}, amp "
                 f"{old.get('amp')}, fp16 {old.get('fp16')}, weights {str(old.get('weights_sha256'))[:12]})")
+    elif lacking := _ids_lacking(h5_path, image_ids):
+        return (f"{h5_path}: this run's images lack {len(lacking)} of the {_h5_rows(h5_path)} images it holds "
+                f"(image_id {', '.join(map(str, lacking[:5]))}{' ...' if len(lacking) > 5 else ''}); add their "
+                "sources to --images (e.g. train2014.zip) to continue it, or pass --force to replace it with "
+                "features of these images only")
     else:
-        return None  # this extraction, damaged, without its TSV or of other images (some fixed, added): continued
+        return None  # this extraction, damaged, without its TSV or of more images (some fixed, added): continued
     return f"{h5_path}: already exists, {what}; pass --force to replace it with the extracted features"
+
+
+def _h5_ids(h5_path: Path) -> np.ndarray | None:
+    """The image_id column of a features.h5 (None when unreadable: a damaged file is continued)."""
+    try:
+        with h5py.File(h5_path, "r") as h5:
+            return np.asarray(h5["image_id"][:], dtype=np.int64)
+    except (OSError, KeyError, ValueError, TypeError):
+        return None
+
+
+def _h5_rows(h5_path: Path) -> int:
+    ids = _h5_ids(h5_path)
+    return 0 if ids is None else len(ids)
+
+
+def _ids_lacking(h5_path: Path, image_ids: Sequence[int]) -> list[int]:
+    """The image ids the features.h5 at `h5_path` holds that `image_ids` lacks, sorted."""
+    held = _h5_ids(h5_path)
+    if held is None:
+        return []
+    return np.setdiff1d(held, np.asarray(image_ids, dtype=np.int64)).tolist()
 
 
 def _without_images(inputs: dict | None) -> dict:
@@ -444,7 +476,8 @@ def _prepare(opts: ExtractOptions, entries: list[ImageEntry], log: Callable[[str
         # a float32 features.h5 gives the TSV a later --tsv asks for; a float16 one cannot
         plan.status = "current" if tsv_ok else "tsv"
         plan.failed = list(record.get("failed_images", []))
-    elif not opts.force and (refusal := _existing_refusal(h5_path, record, plan.params, plan.inputs)):
+    elif not opts.force and (refusal := _existing_refusal(h5_path, record, plan.params, plan.inputs,
+                                                                [e.image_id for e in entries])):
         raise VQAError(refusal)
     return plan
 
@@ -813,6 +846,30 @@ def finish(work: Path, plan: Plan, opts: ExtractOptions, log: Callable[[str], No
     return info["failed"]
 
 
+def _drop_unneeded_work(work: Path, needed: Sequence[Path], log: Callable[[str], None]) -> None:
+    """With features.h5 up to date, delete what this key's work folder holds beyond `needed` (the blocks of its
+    images when the record lists failed images, kept for the rerun once they are fixed; else nothing): blocks of
+    other images, a features.h5 a failed run could not put in place; the folder too when nothing is left."""
+    if not work.is_dir():
+        return
+    keep, h5_path = set(needed), work.parent.parent / FEATURES_FILE
+    drop = [path for path in work.iterdir() if path not in keep]
+    size = sum(path.stat().st_size for path in drop if path.is_file())
+    for path in drop:
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
+    if not any(work.iterdir()):
+        work.rmdir()
+        with contextlib.suppress(OSError):
+            work.parent.rmdir()  # when no other extraction's folder is left
+        log(f"removed {work} ({size / 1e9:.2f} GB): not needed, {h5_path} is up to date")
+    elif drop:
+        log(f"removed {len(drop)} files ({size / 1e9:.2f} GB) of {work} not needed: {h5_path} is up to date (the "
+            "blocks of its images stay for a rerun once the failed images are fixed)")
+
+
 def _wait_for_blocks(paths: Sequence[Path], log: Callable[[str], None], progress: bool = True) -> None:
     """Rank 0: wait until every block file exists (the other ranks' shares). A rank that dies makes torchrun
     stop every rank, so this cannot wait for ever."""
@@ -847,6 +904,9 @@ def extract_features(opts: ExtractOptions, make_detector: Callable[..., Detector
     stats = ExtractStats()
     if plan.status in ("current", "tsv"):
         say(f"skip: {processed / FEATURES_FILE} is up to date (select {opts.select}, amp {opts.amp})")
+        if rank == 0:
+            work = work_folder(processed, plan.key)
+            _drop_unneeded_work(work, block_paths(work, entries, opts.block_size) if plan.failed else [], say)
         if plan.status == "tsv" and rank == 0:
             tsv_from_current(processed, opts.tsv)
             say(f"wrote {opts.tsv} from it")
