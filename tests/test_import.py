@@ -345,3 +345,27 @@ def test_a_bad_json_in_place_is_moved_aside_and_replaced_by_the_copy(tmp_path: P
     assert (data / "vqacp_v2_train_questions.json").read_bytes() == CP["vqacp_v2_train_questions.json"]
     assert (data / "vqacp_v2_train_questions.json.bad").read_bytes() == HTML
     assert "moved to vqacp_v2_train_questions.json.bad" in capsys.readouterr().err
+
+
+def test_a_full_disk_while_copying_names_the_file_and_leaves_no_temporary(tmp_path: Path, stand_ins: list,
+                                                                          monkeypatch: pytest.MonkeyPatch,
+                                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    import errno
+
+    copy = write_folder(tmp_path / "copy", common_layout())
+
+    def no_link(src: object, dest: object) -> None:
+        raise OSError(errno.EXDEV, "Invalid cross-device link")
+
+    def full(src: Path, dest: Path) -> None:
+        dest.write_bytes(b"half")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "link", no_link)
+    monkeypatch.setattr(copy_checks, "copy_with_progress", full)
+    data = tmp_path / "data"
+    assert run(data, "--from", str(copy), "--only", "vqacp") == 1
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error")]
+    assert len(err) == 1 and err[0].startswith(f"error: {data}/vqacp_v2_") and err[0].endswith(
+        ": No space left on device"), err
+    assert not [p for p in data.rglob("*") if p.is_file() and p.name.endswith(".tmp")]

@@ -257,11 +257,15 @@ def place(src: Path, dest: Path, keep_source: bool) -> None:
     tmp = dest.with_name(f".{dest.name}.import.tmp")
     tmp.unlink(missing_ok=True)
     try:
-        os.link(src, tmp)
-    except OSError:  # another file system, or links not allowed: a copy
-        checks.copy_with_progress(src, tmp)
-    try:
+        try:
+            os.link(src, tmp)
+        except OSError:  # another file system, or links not allowed: a copy
+            checks.copy_with_progress(src, tmp)
         os.replace(tmp, dest)
+    except OSError as exc:  # a full disk names no file, or our temporary: name the destination
+        if exc.filename is None or str(exc.filename) == str(tmp):
+            raise OSError(exc.errno, exc.strerror, str(dest)) from None
+        raise
     finally:
         tmp.unlink(missing_ok=True)
 
