@@ -253,19 +253,39 @@ def test_missing_source_and_unknown_file(tmp_path: Path, stand_ins: list, capsys
     assert os.listdir(tmp_path / "data") == []
 
 
+def small_checkpoint() -> bytes:
+    import torch
+
+    buffer = io.BytesIO()
+    torch.save({"backbone.stem.conv1.weight": torch.zeros(2, 3)}, buffer)
+    return buffer.getvalue()
+
+
 def test_detector_folder_and_images_zip(tmp_path: Path, stand_ins: list, capsys: pytest.CaptureFixture[str]) -> None:
+    weights = small_checkpoint()
     copy = write_folder(tmp_path / "copy", {"hub/frcnn-vg-finetuned/config.yaml": b"MODEL:\n  DEVICE: cpu\n",
-                                            "hub/frcnn-vg-finetuned/pytorch_model.bin": b"weights",
+                                            "hub/frcnn-vg-finetuned/pytorch_model.bin": weights,
                                             "elsewhere/config.yaml": b"not the detector's",
                                             "coco/val2014.zip": b"PK\x05\x06" + bytes(18)})
     data = tmp_path / "data"
     assert run(data, "--only", "detector,images", "--from", str(copy)) == 0
     out, err = capsys.readouterr()
     assert (data / "detector" / "config.yaml").read_bytes() == b"MODEL:\n  DEVICE: cpu\n"
-    assert (data / "detector" / "pytorch_model.bin").read_bytes() == b"weights"
+    assert (data / "detector" / "pytorch_model.bin").read_bytes() == weights
     assert (data / "images" / "val2014.zip").is_file() and not (data / "images" / "train2014.zip").exists()
-    assert "7 bytes, not the release's 262,398,754 (kept: a copy may be a subset)" in err
+    assert f"{len(weights):,} bytes, not the release's 262,398,754 (kept: a copy may be a subset)" in err
     assert "still missing: images/train2014.zip" in out
+
+    # a checkpoint or a zip cut short is no subset: refused, nothing placed
+    cut = write_folder(tmp_path / "cut", {"hub/pytorch_model.bin": weights[: len(weights) // 2],
+                                          "hub/config.yaml": b"MODEL:\n  DEVICE: cpu\n",
+                                          "coco/train2014.zip": b"PK\x03\x04" + bytes(60)})
+    data = tmp_path / "data_cut"
+    assert run(data, "--only", "detector,images", "--from", str(cut)) == 1
+    err = capsys.readouterr().err
+    assert "refused pytorch_model.bin from" in err and "cut short" in err
+    assert "refused train2014.zip from" in err and "a zip cut short (no central directory; 64 bytes)" in err
+    assert not (data / "detector" / "pytorch_model.bin").exists() and not (data / "images").exists()
 
 
 def test_copy_where_a_hard_link_is_refused(tmp_path: Path, stand_ins: list, monkeypatch: pytest.MonkeyPatch,

@@ -53,6 +53,18 @@ def identify_copy(paths: list[Path]) -> Any:
     return feature_forms.identify_copy(paths)
 
 
+def weights_problem(path: Path) -> str | None:
+    """Why the detector's checkpoint cannot be read (vqa_cp.extraction.read_weights), or None."""
+    from vqa_cp.errors import VQAError
+    from vqa_cp.extraction import read_weights
+
+    try:
+        read_weights(path)
+    except VQAError as exc:
+        return str(exc)
+    return None
+
+
 def check_features(data_dir: Path) -> None:
     """Every row of the feature copy in DATA's raw layout checked (finite, shapes, boxes, the questions' images)
     while it is converted to processed/features.h5 (process.sh's step, remembered by its record); a VQAError

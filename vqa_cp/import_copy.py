@@ -260,11 +260,25 @@ def import_raw(plan: Plan, ctx: Context, report: Report) -> None:
     remember_verdict(ctx, verdict, placed)
 
 
+def unit_problem(item: Item, path: Path) -> str | None:
+    """What makes a copy of a release zip or of the detector's weights unusable whatever its size (a copy may be a
+    subset, but not a zip or a checkpoint cut short)."""
+    if archive_kind(path) == "cut zip":
+        return f"a zip cut short (no central directory; {path.stat().st_size:,} bytes)"
+    if item.name == "pytorch_model.bin":
+        return checks.weights_problem(path)
+    return None
+
+
 def import_unit(item: Item, found: Found, ctx: Context, report: Report) -> None:
     """A zip of the release (checked, extracted, its outputs placed) or an images / detector file (placed)."""
     if all((ctx.data / out).is_file() for out in item.output_paths):
         report.in_place.append(item.name)
         note(f"{item.name}'s files are already in place: {found.where} not imported")
+        return
+    problem = unit_problem(item, found.path)
+    if problem:
+        report.refused.append(f"{item.name} from {found.where}: {problem}")
         return
     digests = checks.compute_digests(found.path) if checks.needs_digest(item) else None
     identity = checks.identity_problem(item, found.path, digests)
