@@ -286,3 +286,38 @@ def test_a_copy_with_other_content_or_extracted_features_in_place_is_refused(
     assert download.main(["--data", str(data), "--from", str(toy_copy)], {}) == 1
     assert "processed/features.h5 holds features made by tools/extract_features.py" in capsys.readouterr().err
     assert not (data / tsv_name).exists()
+
+
+def _truncate(path: Path, toy_copy: Path) -> None:
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+def _empty(path: Path, toy_copy: Path) -> None:
+    path.write_text("[]")
+
+
+def _annotations(path: Path, toy_copy: Path) -> None:
+    shutil.copyfile(toy_copy / "cp_v2_annotations" / "vqacp_v2_train_annotations.json", path)
+
+
+@pytest.mark.parametrize("damage, why", [
+    (_truncate, "not valid JSON (truncated or corrupt?): Input data was truncated"),
+    (_empty, "no questions (an empty list)"),
+    (_annotations, ": entry 0 (question_id ")])
+def test_a_lone_broken_vqacp_questions_file_is_refused_then_a_good_copy_imports(
+        tmp_path: Path, toy_copy: Path, capsys: pytest.CaptureFixture[str], damage, why: str) -> None:
+    name = "vqacp_v2_train_questions.json"
+    bad = tmp_path / "bad" / "jtrunc"
+    bad.mkdir(parents=True)
+    shutil.copyfile(toy_copy / "cp_v2_questions" / name, bad / name)
+    damage(bad / name, toy_copy)
+    data = tmp_path / "data"
+    assert download.main(["--data", str(data), "--from", str(bad)], {}) == 1
+    out, err = capsys.readouterr()
+    refusals = [line for line in err.splitlines() if line.startswith(f"error: refused {name}")]
+    assert len(refusals) == 1 and str(bad / name) in refusals[0] and why in refusals[0], err
+    assert "imported" not in out.replace("0 imported", "") and not (data / name).exists(), out
+    assert download.main(["--data", str(data), "--from", str(toy_copy)], {}) == 0
+    out, err = capsys.readouterr()
+    assert ", 0 refused" in out and "still missing" not in out, out + err
+    assert all((data / n).is_file() for n in CP_FILES)

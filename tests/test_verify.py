@@ -417,3 +417,74 @@ def test_both_candidates_and_the_relation_fails_only_vqacp_is_refused(toy, tmp_p
     assert set(verdict.refused) == {V2_QUESTIONS["val2014"], V2_ANNOTATIONS["val2014"]}
     skipped = [n for n in verdict.notes if "skipped" in n]
     assert len(skipped) == 1 and verdict.waits_for[skipped[0]] == (V2_QUESTIONS["val2014"], V2_ANNOTATIONS["val2014"])
+
+
+# ------------------------------------------------------------------- every candidate parsed, whatever is missing
+
+
+def _half(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+def _empty(path: Path) -> None:
+    path.write_text("[]")
+
+
+def _annotations_of(toy: Path, name: str):
+    """Writes the toy's annotations of the same split (VQA-CP or VQA v2) under the questions file's name."""
+    pairs = {**{CP_QUESTIONS[s]: CP_ANNOTATIONS[s] for s in CP_QUESTIONS},
+             **{V2_QUESTIONS[s]: V2_ANNOTATIONS[s] for s in V2_ANNOTATIONS}}
+    return lambda path: shutil.copyfile(toy / pairs[name], path)
+
+
+BROKEN = {"truncated": (_half, "not valid JSON (truncated or corrupt?): Input data was truncated"),
+          "empty": (_empty, "no questions (an empty list)"),
+          "annotations": (None, "missing field 'question'")}
+
+
+@pytest.mark.parametrize("release", [False, True])
+@pytest.mark.parametrize("case", sorted(BROKEN))
+@pytest.mark.parametrize("name", [CP_QUESTIONS["train"], V2_QUESTIONS["val2014"]])
+def test_a_lone_broken_questions_file_is_refused_without_the_rest(toy, tmp_path, name, case, release):
+    candidates = place(toy, tmp_path / "import", [name])
+    change, why = BROKEN[case]
+    (change or _annotations_of(toy, name))(candidates[name])
+    if name.startswith("v2_"):  # wrapped: {"questions": [...]}
+        if case == "empty":
+            candidates[name].write_text('{"questions": []}')
+        why = why if case != "annotations" else "object missing required field questions"
+    verdict = verify.verify_raw(candidates, tmp_path / "empty", release=release)
+    reason = verdict.refused[name]
+    assert reason.startswith(f"{candidates[name]}: ") and why in reason and "\n" not in reason, reason
+    if case == "annotations" and name in CP_FILES:
+        assert ": entry 0 (question_id " in reason
+    assert list(verdict.refused) == [name] and not any("skipped" in n for n in verdict.notes), verdict.notes
+
+
+def test_a_lone_truncated_annotations_file_is_refused(toy, tmp_path):
+    for name in (CP_ANNOTATIONS["test"], V2_ANNOTATIONS["train2014"]):
+        candidates = place(toy, tmp_path / "import", [name])
+        _half(candidates[name])
+        assert "Input data was truncated" in verify.verify_raw(candidates, tmp_path / "empty", False).refused[name]
+
+
+def test_one_broken_vqacp_file_refuses_the_other_vqacp_candidates_with_its_reason(toy, tmp_path):
+    candidates = place(toy, tmp_path / "import", [CP_QUESTIONS["train"], CP_ANNOTATIONS["train"]])
+    _empty(candidates[CP_ANNOTATIONS["train"]])
+    refused = verify.verify_raw(candidates, tmp_path / "empty", release=False).refused
+    assert set(refused.values()) == {f"{candidates[CP_ANNOTATIONS['train']]}: no annotations (an empty list): a "
+                                     "split without annotations is not a copy of it"}
+    assert set(refused) == set(candidates)
+
+
+def test_a_full_check_parses_each_file_once(copy, monkeypatch):
+    candidates, data = copy
+    parsed: list[str] = []
+    for loader in ("load_questions", "load_annotations"):
+        real = getattr(verify.raw, loader)
+        monkeypatch.setattr(verify.raw, loader,
+                            lambda path, *a, _real=real, **k: parsed.append(Path(path).name) or _real(path, *a, **k))
+    verdict = verify.verify_raw(candidates, data, release=False)
+    assert verdict.refused == {}
+    expected = CP_FILES + [V2_QUESTIONS["train2014"], V2_QUESTIONS["val2014"], *V2_ANNOTATIONS.values()]
+    assert sorted(parsed) == sorted(Path(n).name for n in expected)

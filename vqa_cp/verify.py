@@ -1,6 +1,9 @@
 """Content checks of the raw json and GloVe files before they are put in place, and the notes they leave.
 
 `verify_raw` checks candidate files (a download or an imported copy) under their raw-layout names:
+- Every json candidate on its own first, whatever else is missing: parsed and typed as the questions or
+  annotations its name says (vqa_cp.raw), no question_id twice, not empty, a coco_split on every VQA-CP
+  entry; a failure refuses it in one line (and, for a VQA-CP file, the other VQA-CP candidates with it).
 - VQA v2: each question file's count against the release; each annotation file holds one entry per
   question of its split (same ids, same image_id).
 - VQA-CP v2, a re-split of VQA v2 train2014 + val2014. Hard checks (a failure refuses the copy, download or
@@ -47,6 +50,8 @@ V2_RELEASE = {"train2014": 443_757, "val2014": 214_354, "test2015": 447_793, "te
 CP_RELEASE = {"train": 438_183, "test": 219_928}
 GLOVE_WIDTHS = {f"glove/glove.6B.{d}d.txt": d for d in (50, 100, 200, 300)}
 GLOVE_RELEASE_LINES = 400_000
+CP_FILES = (*CP_QUESTIONS.values(), *CP_ANNOTATIONS.values())
+JSON_ANNOTATIONS = set(CP_ANNOTATIONS.values()) | set(V2_ANNOTATIONS.values())
 CHECKED_FILES = (set(V2_QUESTIONS.values()) | set(V2_ANNOTATIONS.values()) | set(CP_QUESTIONS.values())
                  | set(CP_ANNOTATIONS.values()) | set(GLOVE_WIDTHS))
 NOTES_FILE = ".verification.json"
@@ -134,7 +139,7 @@ class _Inputs:
                 problem = sniff_problem(path or self.data_dir / name, json_expected=True)
                 if problem:
                     raise VQAError(problem)
-                if name in CP_ANNOTATIONS.values() or name in V2_ANNOTATIONS.values():
+                if name in JSON_ANNOTATIONS:
                     self._entries[name] = raw.load_annotations(path, ANSWER_TYPES)
                 else:
                     self._entries[name] = raw.load_questions(path)
@@ -178,6 +183,25 @@ def pair_problem(inputs: _Inputs, q_name: str, a_name: str) -> str | None:
         return (f"{a_name}: question_id {int(q_ids[q_order[k]])}: image_id {int(a_images[a_order[k]])}, but "
                 f"{int(q_images[q_order[k]])} in {q_name} ({_count(differ.size)} such questions)")
     return None
+
+
+def _check_each(inputs: _Inputs) -> None:
+    """Every json candidate on its own, whatever else is missing: parsed and typed as its name says
+    (questions or annotations, by raw.py's loaders), no question_id twice, at least one entry, and a
+    coco_split of train2014 / val2014 on every VQA-CP entry. A failure refuses the candidate in one line.
+    The parsed entries stay in `inputs` for the checks that follow (each file is parsed once)."""
+    for name in inputs.candidates:
+        if name in GLOVE_WIDTHS:
+            continue
+        try:
+            if len(inputs.ids(name)[0]) == 0:
+                what = "annotations" if name in JSON_ANNOTATIONS else "questions"
+                raise VQAError(f"{inputs.path(name)}: no {what} (an empty list): a split without {what} is not "
+                               "a copy of it")
+            if name in CP_FILES:
+                _coco_splits(inputs, name)
+        except VQAError as exc:
+            inputs.refuse([name], str(exc))
 
 
 # ------------------------------------------------------------------------------------------ VQA v2
@@ -393,6 +417,10 @@ def _check_cp(inputs: _Inputs, release: bool) -> None:
     v2_names = [V2_QUESTIONS["train2014"], V2_QUESTIONS["val2014"], *V2_ANNOTATIONS.values()]
     cp_candidates = [n for n in cp_names if n in inputs.candidates]
     v2_candidates = [n for n in v2_names if n in inputs.candidates]
+    broken = [n for n in cp_candidates if n in verdict.refused]  # by `_check_each`: the copy is one unit
+    if broken:
+        inputs.refuse(cp_candidates, verdict.refused[broken[0]])
+        return
     cp_missing = [n for n in cp_names if inputs.path(n) is None]
     if not cp_candidates and (cp_missing or not v2_candidates):
         return  # no VQA-CP copy to check, or one in place that this verification's files do not touch
@@ -542,6 +570,7 @@ def verify_raw(candidates: dict[str, Path], data_dir: Path, release: bool) -> Ve
         raise ValueError(f"verify_raw: no content check for {', '.join(unknown)}")
     verdict = Verdict(release=release)
     inputs = _Inputs(candidates, Path(data_dir), verdict)
+    _check_each(inputs)
     _check_v2(inputs, release)
     _check_cp(inputs, release)
     _check_glove(inputs, release)
