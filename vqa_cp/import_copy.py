@@ -10,6 +10,7 @@ DATA/.import-N/; an archive that cannot be read to the end gives one line and no
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import tarfile
@@ -364,16 +365,26 @@ def import_features(where: str, root: Path, ours: bool, ctx: Context, report: Re
     except BaseException as exc:  # every destination holds this copy's content: removing them loses nothing
         for dest in dests.values():
             dest.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):  # the folders the copy's files made, when nothing else is in them
+                dest.parent.rmdir()
         if not isinstance(exc, VQAError):
             raise
-        report.refused.append(f"features from {where}: {exc}")
+        message = str(exc)
+        for path, dest in dests.items():  # name the copy's own files, not their removed places in DATA
+            message = message.replace(str(dest), label_of(path, where, root, ours))
+        report.refused.append(f"features from {where}: {message}")
         return
     for path, dest in dests.items():
         if dest not in placed:
             report.in_place.append(relative_name(dest, ctx.data))
             continue
-        label = f"{where}:{path.relative_to(root).as_posix()}" if ours and root.is_dir() else str(path)
-        report.imported.append(f"{relative_name(dest, ctx.data)} ({copy.form}) from {label}")
+        report.imported.append(f"{relative_name(dest, ctx.data)} ({copy.form}) from "
+                               f"{label_of(path, where, root, ours)}")
+
+
+def label_of(path: Path, where: str, root: Path, ours: bool) -> str:
+    """How the report names a file of a copy: ARCHIVE:MEMBER for our extracted temporaries, else its path."""
+    return f"{where}:{path.relative_to(root).as_posix()}" if ours and root.is_dir() else str(path)
 
 
 def missing_outputs(items: list[Item], data: Path) -> list[str]:
