@@ -62,5 +62,11 @@ def test_resume_refuses_data_with_another_answer_list(toy_data, tmp_path):
     ckpt["answers_digest"] = ckpts.digest(["yes", "no"])
     ckpt["num_answers"] = 2
     ckpts.save_checkpoint(path, ckpt)
-    with pytest.raises(VQAError, match=r"answer list \(2 entries\) differs from the processed data's \(\d+ entries\)"):
+    with pytest.raises(VQAError, match=r"answer list differs from the processed data's \(2 entries against \d+;"):
+        main(["--resume", str(out)])
+    n = len(json.loads((Path(toy_data) / "processed" / "cp" / "answers.json").read_text())["answers"])
+    ckpt["num_answers"] = n  # as many answers as the data's, other ones
+    ckpts.save_checkpoint(path, ckpt)
+    with pytest.raises(VQAError, match=rf"answer list differs from the processed data's \(the same {n} entries in "
+                                       r"number, but other entries or another order;"):
         main(["--resume", str(out)])

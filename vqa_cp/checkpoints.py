@@ -388,9 +388,11 @@ def check_lists(path: Path, ckpt: dict[str, Any], words: list[str] | None, answe
             continue
         if digest(items) != ckpt.get(f"{key}_digest"):
             theirs = ckpt.get(f"num_{key}")
+            how = (f"the same {theirs} entries in number, but other entries or another order" if theirs == len(items)
+                   else f"{theirs} entries against {len(items)}")
             raise VQAError(
-                f"{path}: the checkpoint's {name} ({theirs} entries) differs from the processed data's "
-                f"({len(items)} entries); process the same data it was trained on, or pass the lists it was "
+                f"{path}: the checkpoint's {name} differs from the processed data's ({how}; the checkpoint keeps "
+                "its digest, not the list); process the same data it was trained on, or pass the lists it was "
                 "trained with: --dictionary FILE --answers FILE"
             )
 
