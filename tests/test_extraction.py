@@ -465,3 +465,42 @@ def test_rpn_proposals(detector):
     assert ((boxes[:, 2:] - boxes[:, :2]) > 16).all()  # PROPOSAL_GENERATOR.MIN_SIZE
     overlap = box_iou(boxes, boxes) > 0.7
     assert not torch.triu(overlap, diagonal=1).any()  # RPN.NMS_THRESH held among the kept
+
+
+class _Python2Pickler(pickle._Pickler):
+    """Writes as Python 2's cPickle with numpy 1 did at protocol 2: strings (names and the arrays' raw data) as
+    BINSTRING, no `_codecs.encode`; arrays by `numpy.core.multiarray._reconstruct`."""
+
+    dispatch = dict(pickle._Pickler.dispatch)
+    reconstruct = np.ndarray((0,)).__reduce__()[0]
+
+    def save_py2_str(self, obj: bytes) -> None:
+        n = len(obj)
+        self.write((pickle.SHORT_BINSTRING + bytes([n]) if n < 256 else pickle.BINSTRING + n.to_bytes(4, "little"))
+                   + obj)
+        self.memoize(obj)
+
+    dispatch[bytes] = save_py2_str
+    dispatch[str] = lambda self, obj: self.save_py2_str(obj.encode("ascii"))
+
+    def save_global(self, obj, name=None):
+        if obj is self.reconstruct:
+            self.write(pickle.GLOBAL + b"numpy.core.multiarray\n_reconstruct\n")
+            self.memoize(obj)
+            return
+        super().save_global(obj, name)
+
+
+def test_a_python2_numpy1_pickle_loads_the_same_weights(tmp_path):
+    arrays = {"backbone.stem.conv1.norm.gamma": np.arange(4, dtype=np.float32) / 3,
+              "roi_heads.box_predictor.cls_score.weight": np.random.default_rng(0).normal(size=(300, 2)).astype(
+                  np.float32)}
+    path = tmp_path / WEIGHTS_NAME
+    with open(path, "wb") as f:
+        _Python2Pickler(f, protocol=2).dump({"model": arrays, "__author__": "Detectron"})
+    raw = path.read_bytes()
+    assert b"_codecs" not in raw and pickle.BINSTRING in raw  # strings as Python 2 wrote them
+    weights = read_weights(path)
+    assert sorted(weights) == ["backbone.stem.conv1.norm.weight", "roi_heads.box_predictor.cls_score.weight"]
+    for (name, array), got in zip(sorted(arrays.items()), (weights[k] for k in sorted(weights))):
+        assert got.dtype == torch.float32 and np.array_equal(got.numpy(), array), name
