@@ -384,3 +384,14 @@ def test_rehearsal_data_in_another_form_gives_the_same_features(tmp_path: Path) 
     assert results["tsv"]["features"].shape == (62, 36, 2048)
     for name, values in results["tsv"].items():  # the real-shape sizes are recovered exactly from spatial_features
         np.testing.assert_array_equal(results["hdf5_split36"][name], values, err_msg=name)
+
+
+def test_generated_npz_files_are_written_as_their_publisher_writes_them(generated: dict[str, Path]) -> None:
+    """np.savez_compressed with `info` a pickled object array: deflated members, which the reader inflates."""
+    first = sorted((Path(generated["npz"]) / "features" / "npz").glob("*.npz"))[0]
+    with zipfile.ZipFile(first) as z:
+        assert {i.filename for i in z.infolist()} == {"x.npy", "bbox.npy", "num_bbox.npy", "image_h.npy",
+                                                       "image_w.npy", "info.npy"}
+        assert {i.compress_type for i in z.infolist()} == {zipfile.ZIP_DEFLATED}
+    with pytest.raises(ValueError, match="allow_pickle"):
+        np.load(first)["info"]

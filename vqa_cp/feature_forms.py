@@ -882,8 +882,9 @@ def _write_npz(out: Path, by_split: dict[str, list[Row]], rng: np.random.Generat
             k = len(r.boxes)
             oid, oconf, _, _ = _extras(rng, k)
             info = np.array({"objects_id": oid, "objects_conf": oconf, "image_id": r.image_id}, dtype=object)
-            np.savez(folder / f"{coco_name(split, r.image_id)}.npz", x=r.features, bbox=r.boxes, num_bbox=k,
-                     image_h=r.image_h, image_w=r.image_w, info=info)
+            # as bottom-up-attention.pytorch's extractor saves them: compressed, `info` an object array
+            np.savez_compressed(folder / f"{coco_name(split, r.image_id)}.npz", x=r.features, bbox=r.boxes,
+                                num_bbox=k, image_h=r.image_h, image_w=r.image_w, info=info)
     return [folder]
 
 
