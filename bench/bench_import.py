@@ -1,9 +1,10 @@
 """Feature import speed, every form: `process_features` (detect, first pass over the ids, checked conversion to
 features.h5 in ascending image_id order, digests, record) side by side with merely reading the copy's files
-(and base64-decoding the two big fields, for the TSV forms). Goal: import within 1.5x of that floor.
+(and base64-decoding the two big fields for the TSV forms, inflating the members for npz).
+Goal: import within 1.5x of that floor.
 
 Writes the rehearsal data (36 x 2048 float32 features) once at --scale in a temporary folder, then each form
-of the same features. Prints the best of --repeats runs of each; with --write also bench/IMPORT.md.
+of the same features. Prints the medians of --repeats interleaved runs of each; with --write also bench/IMPORT.md.
 
     python bench/bench_import.py [--scale 0.008] [--repeats 2] [--write]
 """
@@ -13,10 +14,13 @@ from __future__ import annotations
 import argparse
 import binascii
 import hashlib
+import io
 import shutil
+import statistics
 import sys
 import tempfile
 import time
+import zipfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -34,8 +38,8 @@ BLOCK = 1 << 22
 
 
 def read_floor(copy: forms.FeatureCopy, digest: bool = False) -> None:
-    """Read every byte of the copy; base64-decode the boxes and features of each TSV row; with `digest` also
-    SHA-256 every byte (what the provenance record needs)."""
+    """Read every byte of the copy; base64-decode the boxes and features of each TSV row, inflate each npz; with
+    `digest` also SHA-256 every byte (what the provenance record needs)."""
     h = hashlib.sha256()
     for p in copy.files:
         files = sorted(p.glob("*.npz")) if p.is_dir() else [p]
@@ -48,6 +52,13 @@ def read_floor(copy: forms.FeatureCopy, digest: bool = False) -> None:
                         binascii.a2b_base64(fields[-1])
                         if digest:
                             h.update(line)
+                elif copy.form == "npz":  # and inflate its members (np.savez_compressed, as published)
+                    data = fh.read()
+                    with zipfile.ZipFile(io.BytesIO(data)) as z:
+                        for name in z.namelist():
+                            z.read(name)
+                    if digest:
+                        h.update(data)
                 else:
                     while block := fh.read(BLOCK):
                         if digest:
@@ -63,13 +74,10 @@ def write_output(path: Path, nbytes: int) -> None:
     path.unlink()
 
 
-def best(fn: Callable[[], object], repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
+def timed(fn: Callable[[], object]) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
 
 
 def fresh_data(src: Path, dst: Path) -> Path:
@@ -124,24 +132,26 @@ def bench_form(form: str, data: Path, work: Path, repeats: int) -> dict[str, flo
     times: dict[str, list[float]] = {"floor_s": [], "digest_s": [], "write_s": [], "import_s": []}
     out_bytes = len(copy_ids(copy)) * 36 * 2048 * 4
     for _ in range(repeats):  # interleaved, so that the load of other processes hits all three alike
-        times["floor_s"].append(best(lambda: read_floor(copy), 1))
-        times["digest_s"].append(best(lambda: read_floor(copy, digest=True), 1))
-        times["write_s"].append(best(lambda: write_output(work.parent / "out.bin", out_bytes), 1))
+        times["floor_s"].append(timed(lambda: read_floor(copy)))
+        times["digest_s"].append(timed(lambda: read_floor(copy, digest=True)))
+        times["write_s"].append(timed(lambda: write_output(work.parent / "out.bin", out_bytes)))
         fresh = fresh_data(data, work)  # (setting up and removing the previous output is not timed)
-        times["import_s"].append(best(lambda d=fresh: process_features(d, log=lambda _: None, progress=False), 1))
-    row = {"MB": nbytes / 1e6, **{k: min(v) for k, v in times.items()}}
+        times["import_s"].append(timed(lambda d=fresh: process_features(d, log=lambda _: None, progress=False)))
+    row = {"MB": nbytes / 1e6, **{k: statistics.median(v) for k, v in times.items()}}
     row["ratio"] = row["import_s"] / row["floor_s"]
     row["ratio_digest"] = row["import_s"] / row["digest_s"]
     row["ratio_bound"] = row["import_s"] / (row["digest_s"] + row["write_s"])
     if form in ("tsv", "lxmert_tsv"):
-        row["index_s"] = best(lambda: [forms.tsv_index(p, form, 2048, progress=False) for p in copy.files], repeats)
+        row["index_s"] = statistics.median(timed(lambda: [forms.tsv_index(p, form, 2048, progress=False)
+                                                          for p in copy.files]) for _ in range(repeats))
     return row
 
 
 def report(results: dict[str, dict[str, float]], images: int, scale: float) -> str:
     lines = [f"# Feature import, every form ({images:,} images x 36 x 2048 float32, rehearsal scale {scale})", "",
-             "Best of the runs; files in the page cache. floor = read every byte (TSV: and base64-decode boxes and",
-             "features); import = `process_features` from an empty processed/ (detect, first pass over the ids,",
+             "Medians of the runs (interleaved); files in the page cache. floor = read every byte (TSV: and",
+             "base64-decode boxes and features; npz: and inflate the members, saved compressed as published);",
+             "import = `process_features` from an empty processed/ (detect, first pass over the ids,",
              "checked conversion in ascending image_id order, digests, record). index = the TSV first pass alone.", "",
              "floor+sha = the floor plus SHA-256 of every byte (the record's digest, computed in the same read);",
              "write = writing features.h5's features' bytes (the import's output); bound = floor+sha + write.",
