@@ -8,7 +8,6 @@ import hashlib
 import json
 import socket
 import threading
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -152,7 +151,6 @@ def test_second_source_serves_when_the_first_fails(kind: str, site: Site, tmp_pa
     if route is not None:
         site.routes["/first/a.json"] = route
     site.routes["/second/a.json"] = (200, PAYLOAD, "application/json")
-    started = time.monotonic()
     assert run(tmp_path, write_manifest(tmp_path, [first, site.url("/second/a.json")])) == 0
     out, err = capsys.readouterr()
     data = tmp_path / "data"
@@ -160,7 +158,6 @@ def test_second_source_serves_when_the_first_fails(kind: str, site: Site, tmp_pa
     assert f"note: a.json: {first} failed ({reason}" in err
     assert f"fetched a.json from {site.url('/second/a.json')}" in out
     assert "summary: 1 fetched, 0 already in place, 0 failed" in out
-    assert time.monotonic() - started < 8
     assert not (data / "a.json.part").exists()
     assert (data / "a.json.bad").exists() == (kind == "html 200")
     # verify_raw saw the download as a release candidate, its note is printed and remembered for the file in place
@@ -312,3 +309,15 @@ def test_images_and_detector_by_the_real_manifest_entries(site: Site, tmp_path: 
     site.routes["/images/val2014.zip"] = (200, b"PK-other" * 30, "application/octet-stream")
     assert run(tmp_path, manifest, "--only", "images", **bases) == 1
     assert "val2014.zip" in capsys.readouterr().err and not (data / "images" / "val2014.zip").exists()
+
+
+def test_a_truncated_json_in_place_is_fetched_again(site: Site, tmp_path: Path, verify_calls: list,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    site.routes["/a.json"] = (200, PAYLOAD, "application/json")
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "a.json").write_bytes(PAYLOAD[: len(PAYLOAD) // 2])  # starts like JSON, does not parse
+    assert run(tmp_path, write_manifest(tmp_path, [site.url("/a.json")])) == 0
+    assert (data / "a.json").read_bytes() == PAYLOAD
+    assert (data / "a.json.bad").read_bytes() == PAYLOAD[: len(PAYLOAD) // 2]
+    assert "is not valid JSON (" in capsys.readouterr().err

@@ -313,6 +313,9 @@ def in_place_problem(item: Item, ctx: Context) -> str | None:
         return None if problem is None else f"is not valid JSON ({problem})"
     if item.check in ("raw", "text"):
         problem = checks.sniff_problem(path, item.path if item.check == "raw" else "")
+        if problem is None and item.check == "raw" and path.suffix == ".json":
+            parse = checks.json_problem(path)  # a download cut short and renamed by hand starts well
+            problem = None if parse is None else f"not valid JSON ({parse})"
         return None if problem is None else f"is {problem}"
     if checks.needs_digest(item):
         problem = checks.identity_problem(item, path, ctx.memory.digests(path))
