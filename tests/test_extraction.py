@@ -263,6 +263,27 @@ def test_caffe_max_conf_matches_per_class_loop():
     assert np.array_equal(got.numpy(), expected)
 
 
+def test_caffe_max_conf_matches_per_class_loop_at_the_published_proposal_count():
+    """300 proposals crowded on a 1,000 x 600 image, as the RPN gives (long suppression chains), scores from a
+    softmax over 1,601 classes (tiny, close values); a sample of classes checked against the loop."""
+    rng = np.random.default_rng(4)
+    centres = rng.uniform([0, 0], [1000, 600], (12, 2))[rng.integers(0, 12, 300)] + rng.normal(0, 25, (300, 2))
+    sizes = rng.uniform(20, 250, (300, 2))
+    boxes = np.clip(np.concatenate([centres - sizes / 2, centres + sizes / 2], axis=1), 0, [999, 599, 999, 599])
+    boxes = boxes.astype(np.float32)
+    logits = rng.normal(0, 2, (300, 1601))
+    probs = (np.exp(logits) / np.exp(logits).sum(1, keepdims=True)).astype(np.float32)
+    classes = rng.choice(1600, 12, replace=False)
+    expected = np.zeros(300, np.float32)
+    for c in classes:
+        keep = brute_nms(boxes, probs[:, c], 0.3, plus_one=True)
+        expected[keep] = np.maximum(expected[keep], probs[keep, c])
+    got = classwise_max_conf(torch.from_numpy(boxes), torch.from_numpy(probs[:, classes]), 0.3, class_chunk=5)
+    assert np.array_equal(got.numpy(), expected)
+    whole = classwise_max_conf(torch.from_numpy(boxes), torch.from_numpy(probs[:, :-1]), 0.3)  # all 1,600 at once
+    assert whole.shape == (300,) and bool((whole >= got).all()) and int((whole > 0).sum()) > 36
+
+
 def brute_roi_pool(features: np.ndarray, sizes: np.ndarray, rois: np.ndarray, out: int, scale: float) -> np.ndarray:
     """torchvision's / Caffe's RoIPool, loop by loop, reading each image only within its own size."""
     result = np.zeros((len(rois), features.shape[1], out, out), np.float32)
