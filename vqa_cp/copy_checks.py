@@ -20,13 +20,12 @@ from typing import Any
 from tqdm import tqdm
 
 from vqa_cp import feature_forms
-from vqa_cp.files import write_json
+from vqa_cp.files import looks_like_html, read_head, write_json
 from vqa_cp.provenance import stat_key
 from vqa_cp.sources import Item
 
 DIGESTS = Path(".download") / "digests.json"
 BLOCK = 1 << 20
-SNIFF_BYTES = 512
 
 
 # --- the deep checks of vqa_cp.verify and vqa_cp.features, imported at call time (features imports torch) --------
@@ -75,20 +74,10 @@ def check_features(data_dir: Path) -> None:
 
 
 # --- cheap checks -----------------------------------------------------------------------------------
-def _head(path: Path) -> bytes:
-    with open(path, "rb") as f:
-        return f.read(SNIFF_BYTES)
-
-
-def looks_like_html(head: bytes) -> bool:
-    start = head.lstrip()[:200].lower()
-    return start.startswith((b"<!doctype html", b"<html", b"<?xml", b"<head", b"<body", b"<error"))
-
-
 def sniff_problem(path: Path, name: str) -> str | None:
     """Is the file at least the kind its raw-layout `name` says? Not an HTML/XML page; a .json starts with { or [;
     a GloVe .txt starts with a word and numbers."""
-    head = _head(path)
+    head = read_head(path)
     if looks_like_html(head):
         return "an HTML or XML page (an error page?), not the file"
     if name.endswith(".json") and head.lstrip()[:1] not in (b"{", b"["):

@@ -37,6 +37,7 @@ import numpy as np
 from tqdm import tqdm
 
 from vqa_cp.errors import VQAError
+from vqa_cp.files import looks_like_html, read_head
 
 FEATURES_DIR = "features"
 FORMS = ("tsv", "lxmert_tsv", "hdf5_trainval36", "hdf5_split36", "npz")
@@ -53,7 +54,6 @@ LXMERT_FIELDS = ("img_id", "img_h", "img_w", "objects_id", "objects_conf", "attr
 HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
 ZIP_MAGIC = b"PK\x03\x04"
 HEAD_BYTES = 8192  # a TSV row's fields before `features` fit in this (36 boxes: about 2 KB)
-SNIFF_BYTES = 512
 MAX_LINE = 1 << 26  # a 36-box row is about 400 KB
 READ_BLOCK = 64  # HDF5 rows read per step
 SPATIAL_TOLERANCE = 1e-6  # relative: a few float32 roundings of x / w (a pixel off at w = 640 is 1.6e-3)
@@ -148,25 +148,15 @@ class FilesDigest:
 # ----------------------------------------------------------------------------- sniffing and detection
 
 
-def _head(path: Path, n: int = SNIFF_BYTES) -> bytes:
-    with open(path, "rb") as f:
-        return f.read(n)
-
-
-def _looks_like_html(head: bytes) -> bool:
-    text = head.lstrip().lower()
-    return text.startswith((b"<!doctype", b"<html", b"<?xml", b"<head", b"<body", b"<error"))
-
-
 def sniff(path: Path) -> str:
     """What a file is by content: "hdf5", "pickle", "zip", "tsv6" / "tsv10" (fields of the first row), "npzdir",
     else VQAError naming the file (an HTML / XML page, an empty or unknown file)."""
     if path.is_dir():
         return "npzdir"
-    head = _head(path)
+    head = read_head(path)
     if not head:
         raise VQAError(f"{path}: empty file")
-    if _looks_like_html(head):
+    if looks_like_html(head):
         raise VQAError(f"{path}: an HTML/XML page, not a feature file (an error page saved under its name?)")
     if head.startswith(HDF5_MAGIC):
         return "hdf5"

@@ -139,3 +139,19 @@ def load_json(path: str | os.PathLike, what: str = "JSON file") -> Any:
         ) from None
     except UnicodeDecodeError as exc:
         raise VQAError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+
+
+HEAD_BYTES = 512  # what the cheap look at a file's start reads
+
+
+def read_head(path: str | os.PathLike, n: int = HEAD_BYTES) -> bytes:
+    """The first `n` bytes of a file."""
+    with open(path, "rb") as f:
+        return f.read(n)
+
+
+def looks_like_html(head: bytes) -> bool:
+    """Does a file starting with `head` look like an HTML or XML page (an error page saved under a data file's
+    name)? A byte-order mark and white space before the tag are skipped."""
+    start = head.lstrip(b"\xef\xbb\xbf \t\r\n")[:200].lower()
+    return start.startswith((b"<!doctype", b"<html", b"<?xml", b"<head", b"<body", b"<error"))

@@ -35,7 +35,7 @@ from tqdm import tqdm
 
 from vqa_cp import raw
 from vqa_cp.errors import VQAError
-from vqa_cp.files import load_json, write_json
+from vqa_cp.files import load_json, looks_like_html, read_head, write_json
 from vqa_cp.processing import ANSWER_TYPES, DICTIONARY_QUESTION_FILES, RAW_FILES, processed_dir
 from vqa_cp.provenance import DigestCache, digest_cache
 
@@ -57,7 +57,6 @@ CHECKED_FILES = (set(V2_QUESTIONS.values()) | set(V2_ANNOTATIONS.values()) | set
 NOTES_FILE = ".verification.json"
 NOTES_FORMAT = 1
 COMPARED_FIELDS = ("question", "answers", "multiple_choice_answer", "question_type", "answer_type")
-SNIFF_BYTES = 512
 FIRST_IDS = 5
 
 
@@ -99,10 +98,8 @@ def sniff_problem(path: Path, json_expected: bool) -> str | None:
     saved under the file's name); None otherwise."""
     if not path.is_file():
         return f"{path}: not found (or not a file)"
-    with open(path, "rb") as f:
-        head = f.read(SNIFF_BYTES).lstrip(b"\xef\xbb\xbf \t\r\n").lower()
-    if head.startswith((b"<!doctype html", b"<html", b"<?xml", b"<head", b"<body")) or (
-            json_expected and head.startswith(b"<")):
+    head = read_head(path)
+    if looks_like_html(head) or (json_expected and head.lstrip(b"\xef\xbb\xbf \t\r\n").startswith(b"<")):
         return f"{path}: an HTML page (an error page saved under this name?), not {'JSON' if json_expected else 'text'}"
     return None
 
