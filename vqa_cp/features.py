@@ -22,6 +22,7 @@ import torch
 from tqdm import tqdm
 
 from vqa_cp.errors import VQAError
+from vqa_cp.feature_forms import ORIGINAL_TSV
 from vqa_cp.files import atomic_path, remove_stale_temps, write_json
 from vqa_cp.processing import processed_dir
 from vqa_cp.provenance import (
@@ -38,7 +39,7 @@ from vqa_cp.provenance import (
 )
 
 TSV_FIELDS = ("image_id", "image_w", "image_h", "num_boxes", "boxes", "features")
-TSV_FILE = "trainval_36/trainval_resnet101_faster_rcnn_genome_36.tsv"
+TSV_FILE = ORIGINAL_TSV  # the raw layout's original TSV (feature_forms owns the raw feature paths)
 FEATURES_FILE = "features.h5"
 FLOAT32_BYTES = 4
 BOX_COORDS = 4
